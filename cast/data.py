@@ -1,0 +1,220 @@
+"""Corpus, splits, tokenizer and packed tokens (the `data` stage's algorithms)."""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .io import InputError
+
+SPLITS = ("train", "validation", "test")
+WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+NEWS_FILE = "lee_background.cor"
+ATTRIBUTION = """\
+Text of the embedded default corpus: articles from the English Wikipedia, as shipped in the test
+data of the gensim {version} wheel ({file}). Wikipedia text is licensed under the Creative Commons
+Attribution-ShareAlike 3.0 Unported licence (CC BY-SA 3.0, https://creativecommons.org/licenses/by-sa/3.0/)
+and the GNU Free Documentation License. Authors: the Wikipedia contributors, see each article's
+history at https://en.wikipedia.org/wiki/<title>. This derived dataset (cleaned plain prose,
+split by article) is shared under the same licence.
+"""
+
+_DROP_SECTIONS = re.compile(r"^==+\s*(References|See also|External links|Further reading|Notes|Bibliography|Sources|Footnotes|Citations)\s*==+", re.M | re.I)
+
+
+def clean_wikitext(text: str) -> str:
+    """filter_wiki output -> plain prose paragraphs: no reference sections, headings, lists, tables."""
+    m = _DROP_SECTIONS.search(text)
+    if m:
+        text = text[: m.start()]
+    paras = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("=", "*", "#", "|", "{", "!", ":", ";")):
+            continue
+        line = line.replace("'''", "").replace("''", "")
+        line = re.sub(r"\(\s*[,;]?\s*\)", "", line)  # parentheses emptied by filter_wiki
+        line = re.sub(r"[ \t]+", " ", line).strip()
+        if len(line) >= 40:
+            paras.append(line)
+    return "\n".join(paras)
+
+
+def gensim_file(name: str) -> Path:
+    from gensim.test.utils import datapath
+
+    path = Path(datapath(name))
+    if not path.exists():
+        raise InputError(f"gensim test data file not found: {path} (is gensim==4.4.0 installed?)")
+    return path
+
+
+def wiki_articles(min_chars: int) -> list[dict]:
+    """The embedded default corpus: cleaned Wikipedia articles from the gensim wheel."""
+    import bz2
+
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    docs = []
+    with bz2.BZ2File(gensim_file(WIKI_FILE)) as fh:
+        for title, text, _ in extract_pages(fh):
+            body = clean_wikitext(filter_wiki(text))
+            if len(body) >= min_chars:
+                docs.append({"title": title, "text": body})
+    return docs
+
+
+def news_articles(min_chars: int = 0) -> list[dict]:
+    """Lee background news corpus (same wheel): one article per line; downstream fine-tuning set."""
+    lines = gensim_file(NEWS_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
+    return [{"title": f"lee-{i}", "text": t.strip()} for i, t in enumerate(lines) if len(t.strip()) >= max(min_chars, 1)]
+
+
+def split_documents(docs: list[dict], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[dict]]:
+    """Deterministic split by document (an article never lands in two splits)."""
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_test = max(1, round(len(docs) * test_fraction))
+    n_val = max(1, round(len(docs) * val_fraction))
+    if len(docs) < n_test + n_val + 1:
+        raise InputError(f"corpus too small to split: {len(docs)} documents (need at least {n_test + n_val + 1})")
+    idx = {"test": order[:n_test], "validation": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    return {k: [docs[i] for i in sorted(v)] for k, v in idx.items()}
+
+
+def _local_loader(files: list[str]) -> tuple[str, dict]:
+    exts = {Path(f).suffix.lower() for f in files}
+    if exts <= {".txt", ".text", ".md"}:
+        return "text", {"sample_by": "document"}
+    if exts <= {".json", ".jsonl"}:
+        return "json", {}
+    if exts <= {".parquet"}:
+        return "parquet", {}
+    raise InputError(f"data.files: unsupported or mixed file types {sorted(exts)} (use .txt, .json/.jsonl or .parquet)")
+
+
+def load_corpus(dcfg: dict) -> dict[str, list[dict]]:
+    """Documents per split, from the embedded default, a HF dataset or local files."""
+    if dcfg["source"] == "gensim_wiki":
+        docs = wiki_articles(dcfg["min_chars"])
+    else:
+        import datasets
+
+        col = dcfg["text_column"]
+        if dcfg["source"] == "hf":
+            hf = dcfg["hf"]
+            try:
+                dd = datasets.load_dataset(hf["path"], hf["name"])
+            except Exception as e:  # noqa: BLE001 - name the dataset in one line
+                raise InputError(f"cannot load dataset data.hf.path={hf['path']!r} (name={hf['name']!r}): {type(e).__name__}: {str(e).splitlines()[0]}") from None
+            where = f"dataset {hf['path']}"
+            named = {"train": hf["train_split"], "validation": hf["validation_split"], "test": hf["test_split"]}
+            if all(s in dd for s in named.values() if s):
+                if col not in dd[named["train"]].column_names:
+                    raise InputError(f"{where}: no text column {col!r} (data.text_column); columns: {dd[named['train']].column_names}")
+                out = {}
+                for k, s in named.items():
+                    rows = [t for t in dd[s][col] if t and len(t) >= dcfg["min_chars"]] if s else []
+                    out[k] = [{"title": f"{k}-{i}", "text": t} for i, t in enumerate(rows)]
+                if out["validation"] and out["test"]:
+                    return _check_nonempty(out, where)
+            ds = dd[named["train"]]
+        else:
+            for f in dcfg["files"]:
+                if not Path(f).exists():
+                    raise InputError(f"data file not found: {f}")
+            loader, kw = _local_loader(dcfg["files"])
+            where = f"data.files {dcfg['files']}"
+            try:
+                ds = datasets.load_dataset(loader, data_files=dcfg["files"], split="train", **kw)
+            except Exception as e:  # noqa: BLE001
+                raise InputError(f"cannot read {where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        if col not in ds.column_names:
+            raise InputError(f"{where}: no text column {col!r} (data.text_column); columns: {ds.column_names}")
+        docs = [{"title": f"doc-{i}", "text": t} for i, t in enumerate(ds[col]) if t and len(t) >= dcfg["min_chars"]]
+    if dcfg.get("max_documents"):
+        docs = docs[: dcfg["max_documents"]]
+    if len(docs) < 3:
+        raise InputError(f"corpus too small: {len(docs)} documents of at least data.min_chars={dcfg['min_chars']} characters")
+    return _check_nonempty(split_documents(docs, dcfg["val_fraction"], dcfg["test_fraction"], dcfg["split_seed"]), "corpus")
+
+
+def _check_nonempty(splits: dict, where: str) -> dict:
+    for k in SPLITS:
+        if not splits.get(k):
+            raise InputError(f"{where}: split {k!r} is empty")
+    return splits
+
+
+def train_bpe_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE trained on the given (train-split) texts, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>", "<|pad|>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=special[0], eos_token=special[0],
+                                   unk_token=None, pad_token=special[1], model_max_length=1_000_000)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"cannot load tokenizer from {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 65535 else np.int32
+
+
+def encode_stream(tok, texts: list[str]) -> np.ndarray:
+    """Training stream: each document followed by EOS, concatenated."""
+    eos = tok.eos_token_id
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    out = []
+    for seq in ids:
+        out.extend(seq)
+        if eos is not None:
+            out.append(eos)
+    return np.asarray(out, dtype=token_dtype(len(tok)))
+
+
+def encode_joined(tok, texts: list[str]) -> np.ndarray:
+    """Evaluation stream (WikiText-2 protocol): documents joined with blank lines, tokenized once."""
+    ids = tok("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+    return np.asarray(ids, dtype=token_dtype(len(tok)))
+
+
+def unigram_ppl(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int) -> float:
+    """Baseline: add-one-smoothed unigram model of the train tokens, perplexity on eval tokens."""
+    counts = np.bincount(train_tokens.astype(np.int64), minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(np.exp(-logp[eval_tokens.astype(np.int64)].mean()))
+
+
+def blocks(tokens: np.ndarray, seqlen: int) -> np.ndarray:
+    """Non-overlapping windows of seqlen tokens, remainder dropped: (n_blocks, seqlen)."""
+    n = len(tokens) // seqlen
+    if n == 0:
+        raise InputError(f"only {len(tokens)} tokens: fewer than one window of {seqlen}")
+    return tokens[: n * seqlen].reshape(n, seqlen)
+
+
+def load_tokens(data_dir: str | Path, split: str) -> np.ndarray:
+    path = Path(data_dir) / f"tokens_{split}.npy"
+    if not path.exists():
+        raise InputError(f"packed tokens not found: {path} (run the data stage)")
+    return np.load(path, mmap_mode="r")

@@ -1,0 +1,75 @@
+"""CAST (paper Alg. 2): dense forward with learnable weight scales, distillation from the frozen
+dense teacher, AdamS on the sparsified weights; hard prune with the last mask and fold at the end."""
+from __future__ import annotations
+
+import torch
+
+from ..config import lambda_for_budget
+from ..distill import distill_loss
+from ..optim.adams import AdamS, alpha_t
+from ..scaling import attach_scales, fold_
+from ..sparsity import hard_prune_, input_dim_of, weight_of
+from ..train import BlockSampler, make_scheduler, steps_for_budget, train
+from . import register
+
+
+def param_groups(model, targets, scales, tcfg, mcfg):
+    """Sparse targets (AdamS, one group per input axis), scales and the rest (plain Adam)."""
+    sparse_ids, groups = set(), []
+    for dim in (1, 0):
+        ws = [weight_of(mod) for mod in targets.values() if input_dim_of(mod) == dim]
+        if ws:
+            groups.append({"params": ws, "sparse": True, "input_dim": dim})
+            sparse_ids.update(id(w) for w in ws)
+    scale_ids = {id(s) for s in scales.values()}
+    if scales:
+        groups.append({"params": list(scales.values()), "weight_decay": 0.0, "lr": mcfg["scaling_lr"] or tcfg["lr"]})
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids | scale_ids]
+    groups.append({"params": rest})
+    return groups
+
+
+@register("cast", "train")
+def cast(model, targets, cfg, mcfg, *, teacher, tokens, budget, method, accelerator, tracker=None, ckpt_dir=None, lr=None, **_):
+    tcfg, sp = cfg["train"], cfg["sparsity"]
+    steps = steps_for_budget(budget, tcfg["batch_size"], tcfg["seqlen"])  # batch_size is the global batch
+    lr = lr or tcfg["lr"]
+    scales = attach_scales(targets, mcfg["scaling_blocks"]) if mcfg["scaling"] else {}
+    lam = lambda_for_budget(cfg, method, budget)
+    opt = AdamS(param_groups(model, targets, scales, {**tcfg, "lr": lr}, mcfg), lr=lr, betas=tuple(tcfg["betas"]),
+                eps=tcfg["eps"], weight_decay=tcfg["weight_decay"], lam=lam, total_steps=steps, t1=mcfg["t1"],
+                n=sp["n"], m=sp["m"], alpha_indexing=mcfg["alpha_indexing"])
+    sched = make_scheduler(opt, tcfg["lr_schedule"], tcfg["warmup_steps"], steps, tcfg["min_lr_ratio"])
+    sampler = BlockSampler(tokens, tcfg["seqlen"], tcfg["batch_size"], cfg["seed"], accelerator.process_index, accelerator.num_processes)
+    adams = opt  # the raw optimizer: accelerate wraps `opt`
+    model, opt = accelerator.prepare(model, opt)
+    eta, temp = mcfg["eta"], mcfg["temperature"]
+
+    def loss_fn(student, ids):
+        s_logits = student(ids).logits
+        t_logits = None
+        if eta > 0:
+            with torch.no_grad():
+                t_logits = teacher(ids).logits
+        loss, ce, kl = distill_loss(s_logits, t_logits, ids, eta, temp)
+        return loss, {"ce": ce.detach(), **({"kl": kl.detach()} if kl is not None else {})}
+
+    history = []
+
+    def stats(done):
+        st = {**adams.mask_stats(), "train/alpha": alpha_t(done, steps, mcfg["alpha_indexing"])}
+        if scales:
+            st["scale/mean"] = float(torch.cat([s.detach().flatten() for s in scales.values()]).mean())
+        history.append({"step": done, **st})
+        return st
+
+    log = (lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None
+    last = train(model, opt, sched, sampler, steps, loss_fn, accelerator=accelerator, grad_clip=tcfg["grad_clip"],
+                 grad_accum=tcfg["grad_accum"], ckpt_dir=ckpt_dir, ckpt_every=tcfg["checkpoint_every"],
+                 log_every=tcfg["log_every"], on_log=log, stats_fn=stats, desc=f"{method}")
+    model = accelerator.unwrap_model(model)
+    # Alg. 2 l.20-21: W <- W * M_T, then fold the scales: exact N:M, same architecture
+    masks = {name: adams.state[weight_of(mod)]["mask"] for name, mod in targets.items()}
+    hard_prune_(targets, sp["n"], sp["m"], masks)
+    fold_(targets)
+    return {"steps": steps, "lambda": lam, "final": last, "history": history}

@@ -1,0 +1,88 @@
+"""Model presets, loading with clear errors, safetensors export."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .io import InputError, atomic_dir
+
+
+def llama_config(spec: dict, vocab_size: int, tok=None):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec["hidden_size"],
+        intermediate_size=spec["intermediate_size"],
+        num_hidden_layers=spec["num_layers"],
+        num_attention_heads=spec["num_heads"],
+        num_key_value_heads=spec.get("num_kv_heads", spec["num_heads"]),
+        max_position_embeddings=spec.get("max_position_embeddings", 512),
+        tie_word_embeddings=False,
+        bos_token_id=getattr(tok, "bos_token_id", None),
+        eos_token_id=getattr(tok, "eos_token_id", None),
+        pad_token_id=getattr(tok, "pad_token_id", None),
+    )
+
+
+def build_llama(spec: dict, vocab_size: int, tok=None, seed: int = 0) -> nn.Module:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(llama_config(spec, vocab_size, tok))
+
+
+def non_embedding_params(model: nn.Module) -> int:
+    """Parameters outside the input embedding and the LM head (the N of scaling laws)."""
+    skip = set()
+    for mod in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if mod is not None:
+            skip.update(id(p) for p in mod.parameters())
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """A model directory must hold config.json and safetensors weights (we never unpickle)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise InputError(f"model directory not found: {p}")
+    if not (p / "config.json").exists():
+        raise InputError(f"not a model directory (no config.json): {p}")
+    if not any(p.glob("*.safetensors")):
+        raise InputError(f"no safetensors weights in {p} (pickled checkpoints are not loaded)")
+    return p
+
+
+def load_model(path: str, dtype=torch.float32, trust_remote_code: bool = False, local_only: bool | None = None):
+    """AutoModelForCausalLM from a local dir (validated) or a hub id; safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    is_local = Path(path).exists() if local_only is None else local_only
+    if is_local:
+        check_model_dir(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - one line naming the path, not a deep traceback
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise InputError(f"cannot load model from {path}: {type(e).__name__}: {first}") from None
+    return model
+
+
+def save_model(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
+    """Atomic safetensors export that AutoModelForCausalLM and lm-eval load by path."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("config key 'device': cuda requested but no GPU is visible")
+    return torch.device(name)

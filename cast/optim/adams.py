@@ -1,0 +1,156 @@
+"""AdamS (paper Alg. 1, Eq. 7-8): Adam with a proportional L1 decay on masked-out weights.
+
+Namespaced as cast.optim.AdamS (unrelated to pytorch_optimizer's "AdamS").
+
+For a parameter group with `sparse=True` (the sparsified weights), at step t (k = t - 1 steps done):
+  mask   M      refreshed from |w| when k % T1 == 0 (before the update, Alg. 2 l.8-10), Eq. 6
+  moment m_t  = b1 m + (1 - b1) g                      raw gradient only, stored
+  kept   (M=1): v_t = b2 v + (1 - b2) g^2,  u = m_t      plain Adam
+  masked (M=0): u   = (1 - a_t) m_t + a_t lam sign(w)   Eq. 7, never stored
+                v_t = b2 v + (1 - b2) u^2                Eq. 8: v built from the mixed moment
+  w <- w - lr * (u / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t)) + eps)
+with a_t = t/T (alpha_indexing 'alg2', t = 1..T) or (t-1)/T ('alg1'), clamped to 1.
+lam = 0 switches the decay off entirely, so AdamS(lam=0) is exactly Adam (our decision: the
+mixing *is* the decay). Groups without `sparse` are plain Adam(W).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim import Optimizer
+
+from ..sparsity import param_mask
+
+
+def alpha_t(step: int, total_steps: int, indexing: str = "alg2") -> float:
+    """Decay share a_t = t/T; step is 1-based. 'alg1' counts t from 0 (a_1 = 0)."""
+    t = step if indexing == "alg2" else step - 1
+    return min(1.0, t / max(1, total_steps))
+
+
+def mixed_moment(m: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, alpha: float, lam: float) -> torch.Tensor:
+    """Eq. 7 on the first moment: masked entries get (1-a) m + a lam sign(w); kept entries m."""
+    return torch.where(mask, m, m * (1 - alpha) + (alpha * lam) * torch.sign(w))
+
+
+class AdamS(Optimizer):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 lam=0.0, total_steps=1, t1=10, n=2, m=4, alpha_indexing="alg2", input_dim=-1,
+                 sparse=False, stat_tol=1e-3, impl="foreach"):
+        if lam < 0:
+            raise ValueError(f"lambda must be >= 0, got {lam}")
+        if not n < m:
+            raise ValueError(f"N={n} must be smaller than M={m}")
+        if alpha_indexing not in ("alg1", "alg2"):
+            raise ValueError(f"alpha_indexing must be 'alg1' or 'alg2', got {alpha_indexing!r}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, lam=lam,
+                        total_steps=total_steps, t1=t1, n=n, m=m, alpha_indexing=alpha_indexing,
+                        input_dim=input_dim, sparse=sparse, stat_tol=stat_tol)
+        super().__init__(params, defaults)
+        self.impl = impl
+        self.last_flips = 0
+        self.last_refresh_step = None
+
+    # -- masks ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def refresh_masks(self) -> int:
+        """Recompute every sparse group's mask from |w| now (Eq. 6); returns the number of flips."""
+        self.last_flips = sum(self._refresh_group(g) for g in self.param_groups if g["sparse"])
+        return self.last_flips
+
+    def masks(self) -> list[torch.Tensor]:
+        return [self.state[p]["mask"] for g in self.param_groups if g["sparse"] for p in g["params"] if "mask" in self.state[p]]
+
+    @torch.no_grad()
+    def mask_stats(self) -> dict[str, float]:
+        """Logging statistics: flips at the last refresh, share of masked weights below stat_tol,
+        mean |masked| / mean |kept|."""
+        n_masked = n_small = 0
+        sum_masked = sum_kept = 0.0
+        n_kept = 0
+        for g in self.param_groups:
+            if not g["sparse"]:
+                continue
+            for p in g["params"]:
+                mask = self.state[p].get("mask")
+                if mask is None:
+                    continue
+                a = p.detach().abs()
+                am, ak = a[~mask], a[mask]
+                n_masked += am.numel()
+                n_kept += ak.numel()
+                n_small += int((am < g["stat_tol"]).sum())
+                sum_masked += float(am.sum())
+                sum_kept += float(ak.sum())
+        if n_masked == 0:
+            return {}
+        return {"mask/flips": float(self.last_flips),
+                "mask/masked_below_tol": n_small / n_masked,
+                "mask/masked_over_kept": (sum_masked / n_masked) / max(sum_kept / max(n_kept, 1), 1e-30)}
+
+    # -- step ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                state = self.state[p]
+                if "step" not in state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            step = int(self.state[params[0]]["step"].item()) + 1
+            for p in params:
+                self.state[p]["step"].fill_(step)
+            if group["sparse"] and (step - 1) % group["t1"] == 0:
+                self.last_flips = self._refresh_group(group)
+                self.last_refresh_step = step
+            self._update_group(group, params, step)
+        return loss
+
+    @torch.no_grad()
+    def _refresh_group(self, group) -> int:
+        flips = 0
+        for p in group["params"]:
+            state = self.state[p]
+            new = param_mask(p, group["n"], group["m"], group["input_dim"])
+            if "mask" in state:
+                flips += int((new != state["mask"]).sum())
+            state["mask"] = new
+        return flips
+
+    def _update_group(self, group, params, step):
+        beta1, beta2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        grads = [p.grad for p in params]
+        ms = [self.state[p]["exp_avg"] for p in params]
+        vs = [self.state[p]["exp_avg_sq"] for p in params]
+        bc1 = 1 - beta1**step
+        bc2_sqrt = math.sqrt(1 - beta2**step)
+        if wd:
+            torch._foreach_mul_(params, 1 - lr * wd)  # decoupled (AdamW) weight decay
+        torch._foreach_lerp_(ms, grads, 1 - beta1)  # m_t, raw gradient
+        decay = group["sparse"] and group["lam"] > 0
+        if not decay:
+            torch._foreach_mul_(vs, beta2)
+            torch._foreach_addcmul_(vs, grads, grads, 1 - beta2)
+            us = ms
+        else:
+            alpha = alpha_t(step, group["total_steps"], group["alpha_indexing"])
+            masks = [self.state[p]["mask"] for p in params]
+            us = [mixed_moment(m, p, mk, alpha, group["lam"]) for m, p, mk in zip(ms, params, masks)]
+            # v from g^2 on kept entries, from the mixed moment u^2 on masked entries (Eq. 8)
+            src = [torch.where(mk, g, u) for mk, g, u in zip(masks, grads, us)]
+            torch._foreach_mul_(vs, beta2)
+            torch._foreach_addcmul_(vs, src, src, 1 - beta2)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denom, bc2_sqrt)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, us, denom, -lr / bc1)

@@ -1,0 +1,53 @@
+"""Learnable weight scaling (paper Eq. 11-12): a scale per (row, contiguous column block).
+
+Attached as a torch parametrization, so the forward sees W * expand(A) while the optimizer holds
+the raw W (AdamS) and A (Adam) separately; `fold_` multiplies A into W and removes it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .sparsity import input_dim_of
+
+
+class BlockScale(nn.Module):
+    """W -> W * A[r, c // (C/n)]: n contiguous column blocks per output row, A initialised to 1."""
+
+    def __init__(self, rows: int, cols: int, blocks: int, input_dim: int = 1):
+        super().__init__()
+        if cols % blocks:
+            raise ValueError(f"input size {cols} is not divisible by scaling_blocks={blocks}")
+        self.block = cols // blocks
+        self.input_dim = input_dim
+        self.scale = nn.Parameter(torch.ones(rows, blocks))
+
+    def expanded(self) -> torch.Tensor:
+        """expand(A): (rows, cols), Eq. 12."""
+        a = self.scale.repeat_interleave(self.block, dim=1)
+        return a if self.input_dim == 1 else a.t()
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.expanded().to(w.dtype)
+
+
+def attach_scales(targets: dict[str, nn.Module], blocks: int) -> dict[str, nn.Parameter]:
+    """Register a BlockScale on every target; returns {name: scale parameter}."""
+    scales = {}
+    for name, mod in targets.items():
+        dim = input_dim_of(mod)
+        w = mod.weight
+        rows, cols = (w.shape[0], w.shape[1]) if dim == 1 else (w.shape[1], w.shape[0])
+        sc = BlockScale(rows, cols, blocks, dim).to(w.device)
+        parametrize.register_parametrization(mod, "weight", sc)
+        scales[name] = sc.scale
+    return scales
+
+
+@torch.no_grad()
+def fold_(targets: dict[str, nn.Module]) -> None:
+    """W <- W * expand(A) and drop A (Alg. 2 l.21); output-preserving."""
+    for mod in targets.values():
+        if parametrize.is_parametrized(mod, "weight"):
+            parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)

@@ -1,0 +1,110 @@
+"""MLflow tracking: one run per job, tags, flattened params, batched metrics."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .config import REPO_ROOT, config_hash, results_dir, tracking_uri
+
+_BAD = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def sanitize(name: str) -> str:
+    """MLflow metric/param names allow alphanumerics, _ - . : space and /; 'acc,none' -> 'acc_none'."""
+    return _BAD.sub("_", name)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[sanitize(key)] = str(v)[:6000]
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def init_store(cfg: dict) -> str:
+    """Create the store and the experiment once, before any parallel job (sqlite migrations race)."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(cfg["experiment"])
+    if exp is None:
+        art = (results_dir(cfg) / "mlruns").as_uri()
+        return mlflow.create_experiment(cfg["experiment"], artifact_location=art)
+    return exp.experiment_id
+
+
+class Tracker:
+    """Buffers metrics and sends them with log_batch (200 single calls cost ~1 s; a batch 0.06 s)."""
+
+    def __init__(self, client, run_id: str, flush_every: int = 500):
+        self.client, self.run_id, self.flush_every = client, run_id, flush_every
+        self._buf = []
+
+    def log_metrics(self, metrics: dict, step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        for k, v in metrics.items():
+            if v is not None:
+                self._buf.append(Metric(sanitize(k), float(v), ts, int(step)))
+        if len(self._buf) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self._buf), 900):
+            self.client.log_batch(self.run_id, metrics=self._buf[i:i + 900])
+        self._buf = []
+
+    def set_tags(self, tags: dict) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_artifact(self, path: str | Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
+
+@contextmanager
+def start_run(cfg: dict, stage: str, tags: dict, params: dict | None = None):
+    """One MLflow run for one job; tagged stage/size/method/budget/config_hash/git_commit."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(cfg)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(cfg["experiment"])
+    exp_id = exp.experiment_id if exp is not None else init_store(cfg)
+    all_tags = {"stage": stage, "config_hash": config_hash(cfg), "git_commit": git_commit(),
+                "host": os.uname().nodename, **{k: str(v) for k, v in tags.items() if v is not None}}
+    name = "-".join(str(all_tags[k]) for k in ("stage", "size", "method", "budget") if k in all_tags)
+    run = client.create_run(exp_id, run_name=name, tags=all_tags)
+    tracker = Tracker(client, run.info.run_id)
+    if params:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 90):
+            client.log_batch(run.info.run_id, params=items[i:i + 90])
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    finally:
+        tracker.flush()
+        client.set_terminated(run.info.run_id, status=status)

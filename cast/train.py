@@ -1,0 +1,135 @@
+"""The training loop shared by the teacher, sparsify and finetune stages (nanoGPT-style, readable
+top to bottom). accelerate supplies device placement, DDP and mixed precision; checkpoints are our
+own small format so that loading never unpickles (torch.load(weights_only=True))."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import blocks
+from .io import atomic_dir
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class BlockSampler:
+    """Deterministic batches: step s reads blocks from a seeded per-epoch permutation, so a resumed
+    run sees exactly the data an uninterrupted one would (the data position is the step)."""
+
+    def __init__(self, tokens: np.ndarray, seqlen: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.blocks = blocks(tokens, seqlen)
+        if len(self.blocks) < batch_size:
+            raise ValueError(f"batch_size {batch_size} exceeds the {len(self.blocks)} blocks of {seqlen} tokens in the train split")
+        if batch_size % world:
+            raise ValueError(f"batch_size {batch_size} is not divisible by the {world} processes")
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.per_epoch = len(self.blocks) // batch_size
+
+    def indices(self, step: int) -> np.ndarray:
+        epoch, i = divmod(step, self.per_epoch)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
+        idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
+        local = self.batch_size // self.world
+        return idx[self.rank * local:(self.rank + 1) * local]
+
+    def batch(self, step: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.blocks[self.indices(step)], dtype=np.int64))
+
+
+def steps_for_budget(tokens: int, batch_size: int, seqlen: int) -> int:
+    return max(1, tokens // (batch_size * seqlen))
+
+
+def make_scheduler(optimizer, kind: str, warmup: int, total: int, min_lr_ratio: float):
+    from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+
+    warmup = min(warmup, max(0, total - 1))
+    if kind == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total, min_lr_rate=min_lr_ratio)
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler) -> None:
+    """Atomic: written to a temporary folder, then renamed over the previous checkpoint."""
+    from safetensors.torch import save_file
+
+    with atomic_dir(ckpt_dir) as tmp:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        (tmp / "step.json").write_text(json.dumps({"step": step}))
+
+
+def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> int:
+    """Restore model, optimizer (moments, masks, step) and scheduler; returns the steps done."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
+    st = torch.load(ckpt_dir / "optim.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(st["optimizer"])
+    scheduler.load_state_dict(st["scheduler"])
+    return json.loads((ckpt_dir / "step.json").read_text())["step"]
+
+
+# -- the loop ------------------------------------------------------------------------------------
+def train(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int,
+          loss_fn: Callable, *, accelerator, grad_clip: float = 0.0, grad_accum: int = 1,
+          ckpt_dir: str | Path | None = None, ckpt_every: int = 0, log_every: int = 10,
+          on_log: Callable | None = None, stats_fn: Callable | None = None, desc: str = "train") -> dict:
+    """Run steps [resume point, total_steps). loss_fn(model, input_ids) -> (loss, {name: tensor}).
+    Returns the last logged metrics."""
+    ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
+    start = 0
+    if ckpt_dir and (ckpt_dir / "step.json").exists():
+        start = load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler)
+        accelerator.print(f"resumed from {ckpt_dir} at step {start}/{total_steps}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    last, t0, tokens = {}, time.time(), 0
+    bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc=desc, mininterval=2.0,
+               disable=not accelerator.is_main_process or os.environ.get("CAST_NO_TQDM") == "1")
+    for step in bar:
+        batch = sampler.batch(step).to(accelerator.device)
+        sums: dict[str, float] = {}
+        for i, micro in enumerate(batch.chunk(grad_accum)):
+            sync = i == grad_accum - 1
+            ctx = accelerator.no_sync(model) if not sync and accelerator.num_processes > 1 else nullcontext()
+            with ctx, accelerator.autocast():
+                loss, parts = loss_fn(model, micro)
+                accelerator.backward(loss / grad_accum)
+            for k, v in {"loss": loss.detach(), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / grad_accum
+        if not math.isfinite(sums["loss"]):
+            where = f"; the last good checkpoint is kept in {ckpt_dir}" if ckpt_dir and (ckpt_dir / "step.json").exists() else ""
+            raise TrainingDiverged(f"non-finite loss ({sums['loss']}) at step {step + 1}: training stopped{where}")
+        gnorm = accelerator.clip_grad_norm_(params, grad_clip) if grad_clip else None
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += batch.numel() * accelerator.num_processes
+        done = step + 1
+        if done % log_every == 0 or done == total_steps:
+            last = {**{f"train/{k}": v for k, v in sums.items()}, "train/lr": scheduler.get_last_lr()[0],
+                    "train/tokens_per_s": tokens / max(time.time() - t0, 1e-9)}
+            if gnorm is not None:
+                last["train/grad_norm"] = float(gnorm)
+            if stats_fn is not None:
+                last.update(stats_fn(done))
+            bar.set_postfix(loss=f"{sums['loss']:.3f}")
+            if on_log is not None and accelerator.is_main_process:
+                on_log(done, last)
+        if ckpt_dir and ckpt_every and done % ckpt_every == 0 and done < total_steps and accelerator.is_main_process:
+            save_checkpoint(ckpt_dir, done, accelerator.unwrap_model(model), optimizer, scheduler)
+    return last
+

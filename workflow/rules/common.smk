@@ -1,0 +1,92 @@
+# Helpers, validation and the results layout. No torch import here: every job re-parses this.
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(workflow.basedir)))  # the repo root holds the cast package
+from cast.config import ConfigError, budget_label, config_hash, resolve_config
+from cast.methods import KINDS
+
+try:
+    CFG = resolve_config(config)
+except ConfigError as e:
+    sys.stderr.write(f"cast: invalid config: {e}\n")
+    sys.exit(1)
+
+R = Path(CFG["results_dir"])
+PY = sys.executable
+CAST = f"{PY} -m cast.cli"
+
+
+def _write_resolved_config():
+    """The validated config, content-addressed, handed to every job (`--config`)."""
+    text = yaml.safe_dump(CFG, sort_keys=True)
+    path = R / ".config" / f"{config_hash(CFG)}.yaml"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path
+
+
+CONFIG_FILE = _write_resolved_config()
+
+
+def section_hash(*keys, **extra):
+    """Fingerprint of the config slices a job depends on: a rule reruns when these change."""
+    return config_hash({"sections": {k: CFG[k] for k in keys}, **extra})
+
+
+def method_kind(method):
+    return KINDS[CFG["methods"][method]["algorithm"]]
+
+
+def budgets_of(method):
+    """One-shot methods spend no tokens: their budget label is '0'."""
+    if method_kind(method) == "oneshot":
+        return ["0"]
+    return [budget_label(b) for b in CFG["run"]["budgets"]]
+
+
+def sparse_prefixes():
+    return [f"{s}/{m}/{b}" for s in CFG["run"]["sizes"] for m in CFG["run"]["methods"] for b in budgets_of(m)]
+
+
+def model_prefixes():
+    return [f"{s}/teacher" for s in CFG["run"]["sizes"]] + sparse_prefixes()
+
+
+def eval_tags(prefix):
+    """MLflow tags of an evaluate job from its path: {size}/teacher or {size}/{method}/{budget}."""
+    parts = prefix.split("/")
+    if parts[1] == "teacher":
+        return f"--size {parts[0]} --method dense"
+    return f"--size {parts[0]} --method {parts[1]} --budget {parts[2]}"
+
+
+def all_targets():
+    return [R / p / "eval.json" for p in model_prefixes()] + [R / "tables" / "ppl.md"]
+
+
+wildcard_constraints:
+    size="|".join(CFG["models"]),
+    method="|".join(CFG["methods"]),
+    budget=r"[0-9]+(\.[0-9]+)?[kMGT]?",
+    prefix=r"[A-Za-z0-9_]+/(teacher|[A-Za-z0-9_]+/[0-9.]+[kMGT]?)",
+
+
+rule mlflow_init:
+    output:
+        R / ".mlflow_initialized",
+    log:
+        R / "logs/mlflow_init.log",
+    benchmark:
+        R / "benchmarks/mlflow_init.tsv"
+    localrule: True
+    shell:
+        "{CAST} init --config {CONFIG_FILE} --flag {output} > {log} 2>&1"

@@ -1,0 +1,19 @@
+rule teacher:
+    input:
+        flag=R / ".mlflow_initialized",
+        data=R / "data",
+    output:
+        model=directory(R / "{size}/teacher/model"),
+        result=R / "{size}/teacher/result.json",
+    params:
+        fingerprint=lambda w: section_hash("teacher", "seed", model=CFG["models"][w.size]),
+    log:
+        R / "logs/teacher/{size}.log",
+    benchmark:
+        R / "benchmarks/teacher/{size}.tsv"
+    threads: CFG["threads"]
+    resources:
+        gpu=lambda w: 1 if "pretrained" not in CFG["models"][w.size] else 0,
+    shell:
+        "{CAST} teacher --config {CONFIG_FILE} --size {wildcards.size} --data {input.data} "
+        "--out {output.model} --result {output.result} > {log} 2>&1"
