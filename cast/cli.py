@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
-    for tag in ("size", "method", "budget", "variant"):
+    for tag in ("size", "method", "budget", "finetune", "quant"):
         p.add_argument(f"--{tag}", default=None, help=f"MLflow tag '{tag}'")
     p = sub.add_parser("table", help="method comparison table (CSV + Markdown) from result/eval JSONs")
     _common(p)
@@ -135,7 +135,7 @@ def _dispatch(args) -> int:
     elif args.cmd == "evaluate":
         from .stages import evaluate
 
-        tags = {k: getattr(args, k) for k in ("size", "method", "budget", "variant") if getattr(args, k)}
+        tags = {k: getattr(args, k) for k in ("size", "method", "budget", "finetune", "quant") if getattr(args, k)}
         with tracking.start_run(cfg, "evaluate", tags, params={"evaluate": cfg["evaluate"]}) as tr:
             res = evaluate.run(cfg, args.model, args.data)
             tr.log_metrics(res["metrics"])

@@ -61,12 +61,20 @@ def model_prefixes():
     return [f"{s}/teacher" for s in CFG["run"]["sizes"]] + sparse_prefixes()
 
 
-def eval_tags(prefix):
-    """MLflow tags of an evaluate job from its path: {size}/teacher or {size}/{method}/{budget}."""
+def parse_prefix(prefix):
+    """Tags of a model folder: {size}/teacher or {size}/{method}/{budget}, optionally followed by
+    /finetune/{dataset} and/or /quant/{scheme}."""
     parts = prefix.split("/")
-    if parts[1] == "teacher":
-        return f"--size {parts[0]} --method dense"
-    return f"--size {parts[0]} --method {parts[1]} --budget {parts[2]}"
+    tags = {"size": parts[0]}
+    rest = parts[2:] if parts[1] == "teacher" else parts[3:]
+    tags.update({"method": "dense"} if parts[1] == "teacher" else {"method": parts[1], "budget": parts[2]})
+    for key, value in zip(rest[::2], rest[1::2]):
+        tags[key] = value
+    return tags
+
+
+def eval_tags(prefix):
+    return " ".join(f"--{k} {v}" for k, v in parse_prefix(prefix).items())
 
 
 def all_targets():
@@ -77,7 +85,7 @@ wildcard_constraints:
     size="|".join(CFG["models"]),
     method="|".join(CFG["methods"]),
     budget=r"[0-9]+(\.[0-9]+)?[kMGT]?",
-    prefix=r"[A-Za-z0-9_]+/(teacher|[A-Za-z0-9_]+/[0-9.]+[kMGT]?)",
+    prefix=r"[A-Za-z0-9_]+/(teacher|[A-Za-z0-9_]+/[0-9.]+[kMGT]?)(/finetune/[A-Za-z0-9_]+)?(/quant/[A-Za-z0-9_]+)?",
 
 
 rule mlflow_init:

@@ -1,0 +1,61 @@
+"""Shared fixtures: offline environment, tiny models, the micro config, one shared data stage."""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("CAST_NO_TQDM", "1")
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def micro_raw(tmp_path) -> dict:
+    """The micro config as a raw dict, results redirected into tmp_path."""
+    raw = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    raw["results_dir"] = str(tmp_path / "results")
+    return raw
+
+
+@pytest.fixture
+def micro_cfg(micro_raw) -> dict:
+    from cast.config import resolve_config
+
+    return resolve_config(micro_raw)
+
+
+@pytest.fixture(scope="session")
+def micro_data(tmp_path_factory) -> tuple[dict, Path]:
+    """The data stage of the micro config, run once per session: (resolved cfg, data dir)."""
+    from cast.config import resolve_config
+    from cast.stages import data
+
+    root = tmp_path_factory.mktemp("micro")
+    raw = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    raw["results_dir"] = str(root / "results")
+    cfg = resolve_config(raw)
+    out = root / "results" / "data"
+    data.run(cfg, out)
+    return copy.deepcopy(cfg), out
+
+
+def tiny_llama(vocab=64, hidden=16, layers=1, heads=2, inter=32, seed=0):
+    from cast.models import build_llama
+
+    return build_llama({"hidden_size": hidden, "num_layers": layers, "num_heads": heads,
+                        "intermediate_size": inter, "max_position_embeddings": 64}, vocab, seed=seed)
+
+
+@pytest.fixture
+def llama_factory():
+    return tiny_llama
