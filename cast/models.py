@@ -55,11 +55,16 @@ def check_model_dir(path: str | Path) -> Path:
     return p
 
 
+def looks_local(path: str) -> bool:
+    """A path, not a hub id ('name' or 'org/name')."""
+    return Path(path).exists() or str(path).startswith(("/", ".", "~")) or str(path).count("/") > 1
+
+
 def load_model(path: str, dtype=torch.float32, trust_remote_code: bool = False, local_only: bool | None = None):
     """AutoModelForCausalLM from a local dir (validated) or a hub id; safetensors only."""
     from transformers import AutoModelForCausalLM
 
-    is_local = Path(path).exists() if local_only is None else local_only
+    is_local = looks_local(path) if local_only is None else local_only
     if is_local:
         check_model_dir(path)
     try:

@@ -89,6 +89,12 @@ class AdamS(Optimizer):
                 "mask/masked_below_tol": n_small / n_masked,
                 "mask/masked_over_kept": (sum_masked / n_masked) / max(sum_kept / max(n_kept, 1), 1e-30)}
 
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        for state in self.state.values():  # Optimizer casts state to the param dtype: masks are bool
+            if "mask" in state:
+                state["mask"] = state["mask"].bool()
+
     # -- step ------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):
