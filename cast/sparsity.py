@@ -15,17 +15,21 @@ class SparsityError(ValueError):
 def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Eq. 6: keep the N largest |w| in every group of M consecutive inputs (last dim).
 
-    Branch-free rank selection: an entry's rank is the number of entries of its group that beat it
-    (larger |w|, or equal |w| at a lower index), so ties keep exactly N, lowest index first.
+    Branch-free rank selection: an entry's rank counts the entries of its group that beat it
+    (larger |w|, or equal |w| at a lower index), from the M(M-1)/2 pairwise comparisons done on
+    whole columns at once; ranks < N are kept, so ties keep exactly N, lowest index first.
     """
     rows, cols = w.shape
     if cols % m:
         raise SparsityError(f"input size {cols} is not divisible by M={m}")
-    a = w.detach().abs().reshape(-1, m)
-    ai, aj = a.unsqueeze(2), a.unsqueeze(1)  # (g, m, 1) entry i, (g, 1, m) rival j
-    lower = torch.ones(m, m, dtype=torch.bool, device=w.device).tril(-1)  # j < i
-    beats = (aj > ai) | ((aj == ai) & lower)
-    return (beats.sum(dim=2) < n).reshape(rows, cols)
+    a = w.detach().abs().reshape(-1, m).t().contiguous()  # (M, groups): position i of every group
+    rank = torch.zeros_like(a, dtype=torch.uint8)
+    for i in range(m):
+        for j in range(i + 1, m):
+            i_wins = a[i] >= a[j]  # a tie goes to the lower index i
+            rank[j] += i_wins
+            rank[i] += ~i_wins
+    return (rank < n).t().reshape(rows, cols)
 
 
 def nm_mask_reference(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -101,3 +105,23 @@ def hard_prune_(targets: dict[str, nn.Module], n: int, m: int, masks: dict[str, 
         w = weight_of(mod)
         mask = masks[name] if masks is not None else param_mask(w, n, m, input_dim_of(mod))
         w.mul_(mask.to(w.dtype))
+
+
+class MaskedSTE(nn.Module):
+    """SR-STE forward: the layer sees W * M, the gradient reaches every entry of W unchanged
+    (straight-through). The mask comes from a callable so it follows the optimizer's refreshes."""
+
+    def __init__(self, get_mask):
+        super().__init__()
+        self.get_mask = get_mask
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + (w * self.get_mask().to(w.dtype) - w).detach()
+
+
+def attach_ste_masks(targets: dict[str, nn.Module], get_mask) -> None:
+    """Register MaskedSTE on every target; get_mask(name) returns that target's current mask."""
+    from torch.nn.utils import parametrize
+
+    for name, mod in targets.items():
+        parametrize.register_parametrization(mod, "weight", MaskedSTE(lambda name=name: get_mask(name)))

@@ -157,3 +157,18 @@ def test_bad_hyper_parameters():
         AdamS([w], lam=-1.0)
     with pytest.raises(ValueError, match="N=4"):
         AdamS([w], n=4, m=4)
+
+
+def test_srste_decay_adds_lambda_w_on_masked_entries_only():
+    torch.manual_seed(4)
+    w0 = torch.randn(4, 8)
+    g = torch.randn(4, 8)
+    (_, w_s), _ = _run(lambda p: AdamS([{"params": p, "sparse": True}], lr=1e-2, lam=0.5, decay="srste"), w0, [g, g])
+    mask = nm_mask(w0, 2, 4)
+    # oracle: Adam on g + lam * (1 - M) * w (mask fixed within T1)
+    w = torch.nn.Parameter(w0.clone())
+    ref = torch.optim.Adam([w], lr=1e-2)
+    for _ in range(2):
+        w.grad = g + 0.5 * (~mask) * w.detach()
+        ref.step()
+    torch.testing.assert_close(w_s, w.detach(), rtol=0, atol=1e-7)

@@ -83,3 +83,18 @@ def test_scaling_fold_preserves_logits_and_sparsity(llama_factory):
     assert (before - after).abs().max() <= 1e-5
     assert sum(check_model(model, targets, 2, 4).values()) == 0
     assert all(weight_of(m) is m.weight for m in targets.values())
+
+
+def test_ste_forward_is_masked_and_gradient_is_straight_through():
+    from cast.sparsity import attach_ste_masks
+
+    lin = torch.nn.Linear(8, 2, bias=False)
+    mask = nm_mask(lin.weight, 2, 4)
+    w0 = lin.weight.detach().clone()
+    attach_ste_masks({"lin": lin}, lambda name: mask)
+    x = torch.randn(3, 8)
+    y = lin(x)
+    torch.testing.assert_close(y, x @ (w0 * mask).t())
+    y.sum().backward()
+    g = weight_of(lin).grad
+    torch.testing.assert_close(g, x.sum(0).expand(2, 8))  # dense gradient, masked entries included

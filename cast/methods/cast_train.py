@@ -1,5 +1,9 @@
 """CAST (paper Alg. 2): dense forward with learnable weight scales, distillation from the frozen
-dense teacher, AdamS on the sparsified weights; hard prune with the last mask and fold at the end."""
+dense teacher, AdamS on the sparsified weights; hard prune with the last mask and fold at the end.
+
+The same trainer runs the training baselines, so that data, budget, teacher and LR schedule are
+identical: `srste` (masked forward with a straight-through estimator, SR-STE decay, mask refresh
+every T1, no scales) and the ablations as config entries (scaling: false; eta: 0; decay: srste)."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +12,7 @@ from ..config import lambda_for_budget
 from ..distill import distill_loss
 from ..optim.adams import AdamS, alpha_t
 from ..scaling import attach_scales, fold_
-from ..sparsity import hard_prune_, input_dim_of, weight_of
+from ..sparsity import attach_ste_masks, hard_prune_, input_dim_of, weight_of
 from ..train import BlockSampler, make_scheduler, steps_for_budget, train
 from . import register
 
@@ -30,7 +34,17 @@ def param_groups(model, targets, scales, tcfg, mcfg):
 
 
 @register("cast", "train")
-def cast(model, targets, cfg, mcfg, *, teacher, tokens, budget, method, accelerator, tracker=None, ckpt_dir=None, lr=None, **_):
+def cast(model, targets, cfg, mcfg, **kw):
+    return train_sparse(model, targets, cfg, mcfg, masked_forward=False, decay=mcfg["decay"], **kw)
+
+
+@register("srste", "train")
+def srste(model, targets, cfg, mcfg, **kw):
+    return train_sparse(model, targets, cfg, {**mcfg, "scaling": False}, masked_forward=True, decay="srste", **kw)
+
+
+def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, tokens, budget, method, accelerator,
+                 tracker=None, ckpt_dir=None, lr=None, **_):
     tcfg, sp = cfg["train"], cfg["sparsity"]
     steps = steps_for_budget(budget, tcfg["batch_size"], tcfg["seqlen"])  # batch_size is the global batch
     lr = lr or tcfg["lr"]
@@ -38,10 +52,13 @@ def cast(model, targets, cfg, mcfg, *, teacher, tokens, budget, method, accelera
     lam = lambda_for_budget(cfg, method, budget)
     opt = AdamS(param_groups(model, targets, scales, {**tcfg, "lr": lr}, mcfg), lr=lr, betas=tuple(tcfg["betas"]),
                 eps=tcfg["eps"], weight_decay=tcfg["weight_decay"], lam=lam, total_steps=steps, t1=mcfg["t1"],
-                n=sp["n"], m=sp["m"], alpha_indexing=mcfg["alpha_indexing"])
+                n=sp["n"], m=sp["m"], alpha_indexing=mcfg["alpha_indexing"], decay=decay)
+    adams = opt  # the raw optimizer: accelerate wraps `opt`
+    if masked_forward:  # SR-STE: the forward sees W * M from the start (initial magnitude mask)
+        adams.refresh_masks()
+        attach_ste_masks(targets, lambda name: adams.state[weight_of(targets[name])]["mask"])
     sched = make_scheduler(opt, tcfg["lr_schedule"], tcfg["warmup_steps"], steps, tcfg["min_lr_ratio"])
     sampler = BlockSampler(tokens, tcfg["seqlen"], tcfg["batch_size"], cfg["seed"], accelerator.process_index, accelerator.num_processes)
-    adams = opt  # the raw optimizer: accelerate wraps `opt`
     model, opt = accelerator.prepare(model, opt)
     eta, temp = mcfg["eta"], mcfg["temperature"]
 

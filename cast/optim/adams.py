@@ -12,6 +12,9 @@ For a parameter group with `sparse=True` (the sparsified weights), at step t (k 
 with a_t = t/T (alpha_indexing 'alg2', t = 1..T) or (t-1)/T ('alg1'), clamped to 1.
 lam = 0 switches the decay off entirely, so AdamS(lam=0) is exactly Adam (our decision: the
 mixing *is* the decay). Groups without `sparse` are plain Adam(W).
+
+decay='srste' (the paper's "CAST w SR-STE" ablation) replaces Eq. 7-8 by SR-STE's decay on the
+gradient, g <- g + lam * (1 - M) * w, followed by plain Adam moments.
 """
 from __future__ import annotations
 
@@ -31,20 +34,22 @@ def alpha_t(step: int, total_steps: int, indexing: str = "alg2") -> float:
 
 def mixed_moment(m: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, alpha: float, lam: float) -> torch.Tensor:
     """Eq. 7 on the first moment: masked entries get (1-a) m + a lam sign(w); kept entries m."""
-    return torch.where(mask, m, m * (1 - alpha) + (alpha * lam) * torch.sign(w))
+    return torch.where(mask, m, torch.lerp(m, torch.sign(w).mul_(lam), alpha))
 
 
 class AdamS(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  lam=0.0, total_steps=1, t1=10, n=2, m=4, alpha_indexing="alg2", input_dim=-1,
-                 sparse=False, stat_tol=1e-3, impl="foreach"):
+                 sparse=False, stat_tol=1e-3, decay="adams", impl="foreach"):
         if lam < 0:
             raise ValueError(f"lambda must be >= 0, got {lam}")
         if not n < m:
             raise ValueError(f"N={n} must be smaller than M={m}")
         if alpha_indexing not in ("alg1", "alg2"):
             raise ValueError(f"alpha_indexing must be 'alg1' or 'alg2', got {alpha_indexing!r}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, lam=lam,
+        if decay not in ("adams", "srste"):
+            raise ValueError(f"decay must be 'adams' or 'srste', got {decay!r}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, lam=lam, decay=decay,
                         total_steps=total_steps, t1=t1, n=n, m=m, alpha_indexing=alpha_indexing,
                         input_dim=input_dim, sparse=sparse, stat_tol=stat_tol)
         super().__init__(params, defaults)
@@ -136,6 +141,10 @@ class AdamS(Optimizer):
         beta1, beta2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
         grads = [p.grad for p in params]
+        decay = group["sparse"] and group["lam"] > 0
+        if decay and group["decay"] == "srste":  # SR-STE: lam * (1 - M) * w added to the gradient
+            grads = [torch.where(self.state[p]["mask"], g, g + group["lam"] * p) for p, g in zip(params, grads)]
+            decay = False
         ms = [self.state[p]["exp_avg"] for p in params]
         vs = [self.state[p]["exp_avg_sq"] for p in params]
         bc1 = 1 - beta1**step
@@ -143,7 +152,6 @@ class AdamS(Optimizer):
         if wd:
             torch._foreach_mul_(params, 1 - lr * wd)  # decoupled (AdamW) weight decay
         torch._foreach_lerp_(ms, grads, 1 - beta1)  # m_t, raw gradient
-        decay = group["sparse"] and group["lam"] > 0
         if not decay:
             torch._foreach_mul_(vs, beta2)
             torch._foreach_addcmul_(vs, grads, grads, 1 - beta2)
