@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -61,7 +62,7 @@ def make_scheduler(optimizer, kind: str, warmup: int, total: int, min_lr_ratio: 
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
-def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler) -> None:
+def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, fingerprint: str = "") -> None:
     """Atomic: written to a temporary folder, then renamed over the previous checkpoint."""
     from safetensors.torch import save_file
 
@@ -69,7 +70,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler) -> N
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-        (tmp / "step.json").write_text(json.dumps({"step": step}))
+        (tmp / "step.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint}))
 
 
 def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> int:
@@ -87,11 +88,17 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> int:
 def train(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int,
           loss_fn: Callable, *, accelerator, grad_clip: float = 0.0, grad_accum: int = 1,
           ckpt_dir: str | Path | None = None, ckpt_every: int = 0, log_every: int = 10,
-          on_log: Callable | None = None, stats_fn: Callable | None = None, desc: str = "train") -> dict:
+          on_log: Callable | None = None, stats_fn: Callable | None = None, desc: str = "train",
+          fingerprint: str = "") -> dict:
     """Run steps [resume point, total_steps). loss_fn(model, input_ids) -> (loss, {name: tensor}).
-    Returns the last logged metrics."""
+    A checkpoint in ckpt_dir is resumed only if it was written by the same job (fingerprint of its
+    config); otherwise it is discarded. Returns the last logged metrics."""
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
     start = 0
+    if ckpt_dir and (ckpt_dir / "step.json").exists() and \
+            json.loads((ckpt_dir / "step.json").read_text()).get("fingerprint", "") != fingerprint:
+        accelerator.print(f"ignoring checkpoint {ckpt_dir}: written with another config")
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     if ckpt_dir and (ckpt_dir / "step.json").exists():
         start = load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler)
         accelerator.print(f"resumed from {ckpt_dir} at step {start}/{total_steps}")
@@ -130,6 +137,6 @@ def train(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int,
             if on_log is not None and accelerator.is_main_process:
                 on_log(done, last)
         if ckpt_dir and ckpt_every and done % ckpt_every == 0 and done < total_steps and accelerator.is_main_process:
-            save_checkpoint(ckpt_dir, done, accelerator.unwrap_model(model), optimizer, scheduler)
+            save_checkpoint(ckpt_dir, done, accelerator.unwrap_model(model), optimizer, scheduler, fingerprint)
     return last
 

@@ -44,7 +44,7 @@ def srste(model, targets, cfg, mcfg, **kw):
 
 
 def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, tokens, budget, method, accelerator,
-                 tracker=None, ckpt_dir=None, lr=None, **_):
+                 tracker=None, ckpt_dir=None, lr=None, fingerprint="", **_):
     tcfg, sp = cfg["train"], cfg["sparsity"]
     steps = steps_for_budget(budget, tcfg["batch_size"], tcfg["seqlen"])  # batch_size is the global batch
     lr = lr or tcfg["lr"]
@@ -83,7 +83,7 @@ def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, t
     log = (lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None
     last = train(model, opt, sched, sampler, steps, loss_fn, accelerator=accelerator, grad_clip=tcfg["grad_clip"],
                  grad_accum=tcfg["grad_accum"], ckpt_dir=ckpt_dir, ckpt_every=tcfg["checkpoint_every"],
-                 log_every=tcfg["log_every"], on_log=log, stats_fn=stats, desc=f"{method}")
+                 log_every=tcfg["log_every"], on_log=log, stats_fn=stats, desc=f"{method}", fingerprint=fingerprint)
     model = accelerator.unwrap_model(model)
     # Alg. 2 l.20-21: W <- W * M_T, then fold the scales: exact N:M, same architecture
     masks = {name: adams.state[weight_of(mod)]["mask"] for name, mod in targets.items()}

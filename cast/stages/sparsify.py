@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from .. import methods
-from ..config import method_config, parse_tokens
+from ..config import config_hash, method_config, parse_tokens
 from ..io import write_json
 from ..models import save_model
 from ..sparsity import SparsityError, check_model, find_targets
@@ -32,8 +33,10 @@ def run(cfg: dict, size: str, method: str, budget, teacher_dir: str | Path, data
     if kind == "train":
         tdtype = getattr(torch, cfg["train"]["teacher_dtype"])
         teacher = copy.deepcopy(model).to(dtype=tdtype, device=acc.device).eval().requires_grad_(False)
-        kw = dict(teacher=teacher, tokens=train_tokens(data_dir), budget=tokens_budget,
-                  ckpt_dir=out_dir.parent / ".ckpt", lr=cfg["models"][size].get("lr"))
+        fingerprint = config_hash({k: cfg[k] for k in ("train", "sparsity", "lambda_rule", "seed")} |
+                                  {"method": mcfg, "model": cfg["models"][size], "budget": tokens_budget})
+        kw = dict(teacher=teacher, tokens=train_tokens(data_dir), budget=tokens_budget, fingerprint=fingerprint,
+                  ckpt_dir=out_dir / ".ckpt", lr=cfg["models"][size].get("lr"))
     else:
         kw = dict(tokens=train_tokens(data_dir))
     info = methods.get(algo)(model, targets, cfg, mcfg, method=method, accelerator=acc, tracker=tracker, **kw)
@@ -43,6 +46,7 @@ def run(cfg: dict, size: str, method: str, budget, teacher_dir: str | Path, data
     if bad:
         raise SparsityError(f"export is not exact {sp['n']}:{sp['m']}: violations {bad}")
     save_model(model, tok, out_dir / "model")
+    shutil.rmtree(out_dir / ".ckpt", ignore_errors=True)  # finished: nothing left to resume
     history = info.pop("history", [])
     write_json(out_dir / "mask_stats.json", {"history": history, "violations": sum(violations.values()),
                                               "targets": len(targets)})

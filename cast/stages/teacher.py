@@ -1,12 +1,13 @@
 """`cast teacher`: pretrain a LLaMA preset for a token budget, or export a pretrained checkpoint."""
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from ..config import parse_tokens
+from ..config import config_hash, parse_tokens
 from ..distill import causal_ce
 from ..models import build_llama, load_model, non_embedding_params, save_model
 from ..train import BlockSampler, make_scheduler, steps_for_budget, train
@@ -44,11 +45,13 @@ def run(cfg: dict, size: str, data_dir: str | Path, out_dir: str | Path, tracker
         return ce, {"ce": ce.detach()}
 
     log = (lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None
+    ckpt = out_dir.parent / ".ckpt_teacher"
     last = train(model, opt, sched, sampler, steps, loss_fn, accelerator=acc, grad_clip=tcfg["grad_clip"],
-                 ckpt_dir=out_dir.parent / ".ckpt_teacher", ckpt_every=tcfg["checkpoint_every"],
-                 on_log=log, desc=f"teacher {size}")
+                 ckpt_dir=ckpt, ckpt_every=tcfg["checkpoint_every"], on_log=log, desc=f"teacher {size}",
+                 fingerprint=config_hash({"model": spec, "teacher": tcfg, "seed": cfg["seed"]}))
     model = acc.unwrap_model(model)
     save_model(model, tok, out_dir)
+    shutil.rmtree(ckpt, ignore_errors=True)
     return {"non_embedding_params": non_embedding_params(model), "params": sum(p.numel() for p in model.parameters()),
             "tokens": steps * tcfg["batch_size"] * tcfg["seqlen"], "steps": steps,
             "final_train_ce": last.get("train/ce"), "wall_s": time.time() - t0}
