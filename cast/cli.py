@@ -78,7 +78,10 @@ def main(argv=None) -> int:
 
 def _finish(args, stage: str, tags: dict, result: dict, run_id: str | None):
     from .io import write_json
+    from .tracking import is_main_process
 
+    if not is_main_process():
+        return
     write_json(args.result, {"stage": stage, "tags": tags, "run_id": run_id, **result})
 
 

@@ -81,10 +81,29 @@ class Tracker:
         self.client.log_artifact(self.run_id, str(path))
 
 
+class NullTracker:
+    """What non-main processes of a multi-process job get: logging is the main process's job."""
+
+    run_id = None
+
+    def log_metrics(self, metrics: dict, step: int = 0) -> None:
+        pass
+
+    flush = set_tags = log_artifact = log_metrics
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextmanager
 def start_run(cfg: dict, stage: str, tags: dict, params: dict | None = None):
     """One MLflow run for one job; tagged stage/size/method/budget/config_hash/git_commit."""
     from mlflow.tracking import MlflowClient
+
+    if not is_main_process():
+        yield NullTracker()
+        return
 
     uri = tracking_uri(cfg)
     client = MlflowClient(uri)

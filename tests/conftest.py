@@ -59,3 +59,14 @@ def tiny_llama(vocab=64, hidden=16, layers=1, heads=2, inter=32, seed=0):
 @pytest.fixture
 def llama_factory():
     return tiny_llama
+
+
+@pytest.fixture
+def micro_teacher(micro_data, tmp_path) -> Path:
+    """An untrained xs LLaMA of the micro config saved with the micro tokenizer (a stand-in teacher)."""
+    from cast.data import load_tokenizer
+    from cast.models import build_llama, save_model
+
+    cfg, data = micro_data
+    tok = load_tokenizer(str(data / "tokenizer"))
+    return save_model(build_llama(cfg["models"]["xs"], len(tok), tok, seed=0), tok, tmp_path / "teacher")

@@ -12,16 +12,6 @@ import yaml
 from safetensors.torch import load_file
 
 
-def _teacher(micro_data, root):
-    from cast.data import load_tokenizer
-    from cast.models import build_llama, save_model
-
-    cfg, data = micro_data
-    tok = load_tokenizer(str(data / "tokenizer"))
-    model = build_llama(cfg["models"]["xs"], len(tok), tok, seed=0)
-    return save_model(model, tok, root / "teacher")
-
-
 def _cmd(cfgfile, teacher, data, out):
     return [sys.executable, "-m", "cast.cli", "sparsify", "--config", str(cfgfile), "--size", "xs", "--method", "cast",
             "--budget", "40k", "--teacher", str(teacher), "--data", str(data), "--out", str(out),
@@ -29,14 +19,14 @@ def _cmd(cfgfile, teacher, data, out):
 
 
 @pytest.mark.slow
-def test_kill_and_resume_matches_uninterrupted(tmp_path, micro_data):
+def test_kill_and_resume_matches_uninterrupted(tmp_path, micro_data, micro_teacher):
     cfg, data = micro_data
     raw = {k: v for k, v in cfg.items()}
     raw["results_dir"] = str(tmp_path / "results")
     raw["train"] = {**cfg["train"], "checkpoint_every": 10, "batch_size": 8}
     cfgfile = tmp_path / "cfg.yaml"
     cfgfile.write_text(yaml.safe_dump(raw))
-    teacher = _teacher(micro_data, tmp_path)
+    teacher = micro_teacher
     env = {**os.environ, "CAST_NO_TQDM": "1"}
     subprocess.run([sys.executable, "-m", "cast.cli", "init", "--config", str(cfgfile)], check=True, env=env, capture_output=True)
 

@@ -45,11 +45,13 @@ def run(cfg: dict, size: str, method: str, budget, teacher_dir: str | Path, data
     bad = {k: v for k, v in violations.items() if v}
     if bad:
         raise SparsityError(f"export is not exact {sp['n']}:{sp['m']}: violations {bad}")
-    save_model(model, tok, out_dir / "model")
-    shutil.rmtree(out_dir / ".ckpt", ignore_errors=True)  # finished: nothing left to resume
     history = info.pop("history", [])
-    write_json(out_dir / "mask_stats.json", {"history": history, "violations": sum(violations.values()),
-                                              "targets": len(targets)})
+    if acc.is_main_process:
+        save_model(model, tok, out_dir / "model")
+        shutil.rmtree(out_dir / ".ckpt", ignore_errors=True)  # finished: nothing left to resume
+        write_json(out_dir / "mask_stats.json", {"history": history, "violations": sum(violations.values()),
+                                                  "targets": len(targets)})
+    acc.wait_for_everyone()
     zeros = sum(int((mod.weight == 0).sum()) for mod in targets.values())
     total = sum(mod.weight.numel() for mod in targets.values())
     return {"algorithm": algo, "kind": kind, "tokens": tokens_budget, "wall_s": time.time() - t0,

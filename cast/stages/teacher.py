@@ -50,8 +50,10 @@ def run(cfg: dict, size: str, data_dir: str | Path, out_dir: str | Path, tracker
                  ckpt_dir=ckpt, ckpt_every=tcfg["checkpoint_every"], on_log=log, desc=f"teacher {size}",
                  fingerprint=config_hash({"model": spec, "teacher": tcfg, "seed": cfg["seed"]}))
     model = acc.unwrap_model(model)
-    save_model(model, tok, out_dir)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    if acc.is_main_process:
+        save_model(model, tok, out_dir)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    acc.wait_for_everyone()
     return {"non_embedding_params": non_embedding_params(model), "params": sum(p.numel() for p in model.parameters()),
             "tokens": steps * tcfg["batch_size"] * tcfg["seqlen"], "steps": steps,
             "final_train_ce": last.get("train/ce"), "wall_s": time.time() - t0}

@@ -22,6 +22,13 @@ PY = sys.executable
 CAST = f"{PY} -m cast.cli"
 
 
+def launcher(processes):
+    """`cast` under torchrun when a job asks for several processes (DDP; gloo on CPU, nccl on GPU)."""
+    if processes > 1:
+        return f"{PY} -m torch.distributed.run --standalone --nproc_per_node {int(processes)} -m cast.cli"
+    return CAST
+
+
 def _write_resolved_config():
     """The validated config, content-addressed, handed to every job (`--config`)."""
     text = yaml.safe_dump(CFG, sort_keys=True)

@@ -8,6 +8,7 @@ rule sparsify:
         stats=R / "{size}/{method}/{budget}/mask_stats.json",
         result=R / "{size}/{method}/{budget}/result.json",
     params:
+        cast=lambda w: launcher(CFG["train"]["processes"] if method_kind(w.method) == "train" else 1),
         out=lambda w: R / f"{w.size}/{w.method}/{w.budget}",
         fingerprint=lambda w: section_hash("train", "sparsity", "lambda_rule", "seed",
                                            method=CFG["methods"][w.method], model=CFG["models"][w.size]),
@@ -15,10 +16,10 @@ rule sparsify:
         R / "logs/sparsify/{size}_{method}_{budget}.log",
     benchmark:
         R / "benchmarks/sparsify/{size}_{method}_{budget}.tsv"
-    threads: CFG["threads"]
+    threads: lambda w: CFG["threads"] * (CFG["train"]["processes"] if method_kind(w.method) == "train" else 1)
     resources:
         gpu=lambda w: 1 if method_kind(w.method) == "train" else 0,
     shell:
-        "{CAST} sparsify --config {CONFIG_FILE} --size {wildcards.size} --method {wildcards.method} "
+        "{params.cast} sparsify --config {CONFIG_FILE} --size {wildcards.size} --method {wildcards.method} "
         "--budget {wildcards.budget} --teacher {input.teacher} --data {input.data} --out {params.out} "
         "--result {output.result} > {log} 2>&1"

@@ -6,14 +6,15 @@ rule teacher:
         model=directory(R / "{size}/teacher/model"),
         result=R / "{size}/teacher/result.json",
     params:
+        cast=launcher(CFG["teacher"]["processes"]),
         fingerprint=lambda w: section_hash("teacher", "seed", model=CFG["models"][w.size]),
     log:
         R / "logs/teacher/{size}.log",
     benchmark:
         R / "benchmarks/teacher/{size}.tsv"
-    threads: CFG["threads"]
+    threads: CFG["threads"] * CFG["teacher"]["processes"]
     resources:
         gpu=lambda w: 1 if "pretrained" not in CFG["models"][w.size] else 0,
     shell:
-        "{CAST} teacher --config {CONFIG_FILE} --size {wildcards.size} --data {input.data} "
+        "{params.cast} teacher --config {CONFIG_FILE} --size {wildcards.size} --data {input.data} "
         "--out {output.model} --result {output.result} > {log} 2>&1"
