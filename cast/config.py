@@ -117,6 +117,9 @@ def check_cross_fields(cfg: dict) -> None:
     for i, name in enumerate(run["methods"]):
         if name not in methods:
             raise ConfigError(f"config key 'run.methods.{i}': unknown method {name!r}; defined in 'methods': {', '.join(methods) or '(none)'}")
+    for i, name in enumerate(run["sweep_methods"]):
+        if name not in methods:
+            raise ConfigError(f"config key 'run.sweep_methods.{i}': unknown method {name!r}; defined in 'methods': {', '.join(methods) or '(none)'}")
     tokens = [parse_tokens(b) for b in run["budgets"]]
     if tokens != sorted(tokens) or len(set(tokens)) != len(tokens):
         raise ConfigError(f"config key 'run.budgets': budgets must be strictly increasing, got {run['budgets']}")

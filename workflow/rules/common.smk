@@ -54,10 +54,12 @@ def method_kind(method):
 
 
 def budgets_of(method):
-    """One-shot methods spend no tokens: their budget label is '0'."""
+    """One-shot methods spend no tokens (budget label '0'); sweep methods train at every budget,
+    the other training methods at the largest one (the comparison point)."""
     if method_kind(method) == "oneshot":
         return ["0"]
-    return [budget_label(b) for b in CFG["run"]["budgets"]]
+    budgets = [budget_label(b) for b in CFG["run"]["budgets"]]
+    return budgets if method in CFG["run"]["sweep_methods"] else budgets[-1:]
 
 
 def sparse_prefixes():
