@@ -140,6 +140,12 @@ def check_cross_fields(cfg: dict) -> None:
             for sec in ("teacher", "train"):
                 if cfg[sec]["seqlen"] > m["max_position_embeddings"]:
                     raise ConfigError(f"config key '{sec}.seqlen': {cfg[sec]['seqlen']} exceeds models.{name}.max_position_embeddings={m['max_position_embeddings']}")
+    for name, m in cfg["models"].items():
+        if "pretrained" in m and looks_local(m["pretrained"]) and not Path(m["pretrained"]).expanduser().is_dir():
+            raise ConfigError(f"config key 'models.{name}.pretrained': model directory not found: {m['pretrained']}")
+    tok_path = cfg["data"]["tokenizer"]["path"]
+    if tok_path and looks_local(tok_path) and not Path(tok_path).expanduser().is_dir():
+        raise ConfigError(f"config key 'data.tokenizer.path': tokenizer directory not found: {tok_path}")
     src = cfg["data"]
     if src["source"] == "hf" and not src["hf"]["path"]:
         raise ConfigError("config key 'data.hf.path': required when data.source is 'hf'")
@@ -151,6 +157,11 @@ def check_cross_fields(cfg: dict) -> None:
                 raise ConfigError(f"config key 'data.files.{i}': file not found: {f}")
     if src["val_fraction"] + src["test_fraction"] >= 0.9:
         raise ConfigError("config key 'data.test_fraction': val_fraction + test_fraction must be < 0.9")
+
+
+def looks_local(path: str) -> bool:
+    """A filesystem path rather than a hub id ('name' or 'org/name')."""
+    return str(path).startswith(("/", ".", "~")) or str(path).count("/") > 1 or Path(path).exists()
 
 
 def resolve_config(raw: dict) -> dict:

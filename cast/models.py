@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import looks_local
 from .io import InputError, atomic_dir
 
 
@@ -53,11 +54,6 @@ def check_model_dir(path: str | Path) -> Path:
     if not any(p.glob("*.safetensors")):
         raise InputError(f"no safetensors weights in {p} (pickled checkpoints are not loaded)")
     return p
-
-
-def looks_local(path: str) -> bool:
-    """A path, not a hub id ('name' or 'org/name')."""
-    return Path(path).exists() or str(path).startswith(("/", ".", "~")) or str(path).count("/") > 1
 
 
 def load_model(path: str, dtype=torch.float32, trust_remote_code: bool = False, local_only: bool | None = None):

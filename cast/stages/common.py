@@ -5,7 +5,6 @@ from pathlib import Path
 
 import torch
 
-from ..config import parse_tokens
 from ..data import load_tokenizer, load_tokens
 from ..models import load_model, pick_device
 
@@ -21,11 +20,6 @@ def setup(cfg: dict, precision: str = "no"):
     return Accelerator(cpu=cpu, mixed_precision=precision)
 
 
-def data_paths(data_dir: str | Path):
-    d = Path(data_dir)
-    return d / "tokenizer", d
-
-
 def tokenizer_of(data_dir: str | Path, cfg: dict):
     return load_tokenizer(str(Path(data_dir) / "tokenizer"), cfg["trust_remote_code"])
 
@@ -37,6 +31,3 @@ def train_tokens(data_dir: str | Path):
 def load_dense(model_dir: str | Path, cfg: dict, dtype=torch.float32):
     return load_model(str(model_dir), dtype=dtype, trust_remote_code=cfg["trust_remote_code"])
 
-
-def budget_tokens(budget) -> int:
-    return parse_tokens(budget)
