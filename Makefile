@@ -24,6 +24,7 @@ install: $(VENV)/.installed
 
 reproduce: install
 	$(BIN)/snakemake --cores $(CORES) --snakefile Snakefile --configfile config/config.yaml
+	mkdir -p results/report
 	$(BIN)/snakemake --cores 1 --snakefile Snakefile --configfile config/config.yaml --report results/report/snakemake_report.html
 
 test: install
