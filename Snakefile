@@ -15,8 +15,12 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/sparsify.smk"
+include: "workflow/rules/tasks.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/quantize.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -51,16 +51,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="folder to create: model/ and mask_stats.json")
 
+    p = sub.add_parser("tasks", help="offline zero-shot lm-eval tasks (JSONL + YAML) from the test split")
+    _common(p)
+    p.add_argument("--data", required=True, help="data directory from `cast data`")
+    p.add_argument("--out", required=True, help="tasks folder to create")
+
     p = sub.add_parser("evaluate", help="perplexity (+ zero-shot) of a model directory")
     _common(p)
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
+    p.add_argument("--tasks-dir", default=None, help="folder from `cast tasks` (needed by the local zero-shot tasks)")
+    p.add_argument("--no-zeroshot", action="store_true", help="perplexity only (zeroshot.on_variants: false)")
     for tag in ("size", "method", "budget", "finetune", "quant"):
         p.add_argument(f"--{tag}", default=None, help=f"MLflow tag '{tag}'")
+    p = sub.add_parser("quantize", help="weight-only quantization of a model directory (zeros stay zero)")
+    _common(p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="data directory (tokenizer, GPTQ calibration windows)")
+    p.add_argument("--scheme", required=True, help="a name under `quantize.schemes:` in the config")
+    p.add_argument("--out", required=True, help="folder to create: model/, qstate.safetensors, quant.json")
+    for tag in ("size", "method", "budget", "finetune"):
+        p.add_argument(f"--{tag}", default=None, help=f"MLflow tag '{tag}'")
+
+    p = sub.add_parser("downstream", help="token streams of one fine-tuning dataset")
+    _common(p)
+    p.add_argument("--dataset", required=True, help="a name under `finetune.datasets:` in the config")
+    p.add_argument("--data", required=True, help="data directory (its tokenizer is used)")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("finetune", help="fine-tune a model on a downstream dataset (sparse: mask frozen)")
+    _common(p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--dataset", required=True, help="a name under `finetune.datasets:` in the config")
+    p.add_argument("--downstream", default=None, help="token folder from `cast downstream` (default results_dir/downstream/DATASET)")
+    p.add_argument("--teacher", default=None, help="dense model directory for distillation (finetune.eta > 0)")
+    p.add_argument("--out", required=True, help="folder to create: model/")
+    for tag in ("size", "method", "budget"):
+        p.add_argument(f"--{tag}", default=None, help=f"MLflow tag '{tag}'")
+
     p = sub.add_parser("table", help="method comparison table (CSV + Markdown) from result/eval JSONs")
     _common(p)
     p.add_argument("--out-dir", required=True)
     p.add_argument("prefixes", nargs="+", help="model folders relative to results_dir, e.g. xs/teacher xs/cast/512k")
+    p = sub.add_parser("fit", help="fit the scaling laws to the sweep's evaluate runs read back from MLflow")
+    _common(p)
+    p.add_argument("--out-dir", required=True, help="folder for fit.json and points.csv")
+    p = sub.add_parser("report", help="HTML + Markdown report (tables, scaling law, training curves)")
+    _common(p)
+    p.add_argument("--out-dir", required=True, help="folder for index.html, report.md and plots/")
     return ap
 
 
@@ -135,15 +174,61 @@ def _dispatch(args) -> int:
                             "sparsify/nm_violations": res["nm_violations"]})
             tr.set_tags({"output_dir": str(Path(args.out).resolve())})
         _finish(args, "sparsify", tags, res, tr.run_id)
+    elif args.cmd == "tasks":
+        from .stages import tasks as zs_tasks
+
+        with tracking.start_run(cfg, "tasks", {}, params={"zeroshot": cfg["zeroshot"]}) as tr:
+            res = zs_tasks.run(cfg, args.data, args.out)
+            tr.log_metrics({f"tasks/{k}_items": v for k, v in res["items"].items()})
+            tr.set_tags({"output_dir": str(Path(args.out).resolve())})
+        _finish(args, "tasks", {}, res, tr.run_id)
     elif args.cmd == "evaluate":
         from .stages import evaluate
 
         tags = {k: getattr(args, k) for k in ("size", "method", "budget", "finetune", "quant") if getattr(args, k)}
-        with tracking.start_run(cfg, "evaluate", tags, params={"evaluate": cfg["evaluate"]}) as tr:
-            res = evaluate.run(cfg, args.model, args.data)
+        with tracking.start_run(cfg, "evaluate", tags, params={"evaluate": cfg["evaluate"], "zeroshot": cfg["zeroshot"]}) as tr:
+            res = evaluate.run(cfg, args.model, args.data, tasks_dir=args.tasks_dir, with_zeroshot=not args.no_zeroshot)
+            if args.finetune:  # fine-tuned models: also perplexity on their downstream test split
+                from .stages.finetune import downstream_ppl
+
+                res["metrics"].update(downstream_ppl(cfg, args.model, args.finetune))
             tr.log_metrics(res["metrics"])
             tr.set_tags({"model_dir": str(Path(args.model).resolve())})
         _finish(args, "evaluate", tags, res, tr.run_id)
+    elif args.cmd == "quantize":
+        from .stages import quantize
+
+        tags = {k: getattr(args, k) for k in ("size", "method", "budget", "finetune") if getattr(args, k)}
+        tags["quant"] = args.scheme
+        qparams = {"scheme": quantize.scheme_config(cfg, args.scheme), "sparsity": cfg["sparsity"]}
+        with tracking.start_run(cfg, "quantize", tags, params=qparams) as tr:
+            res = quantize.run(cfg, args.model, args.data, args.scheme, args.out, tracker=tr)
+            tr.log_metrics({f"quant/{k}": res[k] for k in ("rel_weight_err", "avg_bits", "nm_violations", "wall_s")})
+            tr.set_tags({"output_dir": str(Path(args.out).resolve()), "model_dir": str(Path(args.model).resolve())})
+        _finish(args, "quantize", tags, res, tr.run_id)
+    elif args.cmd == "downstream":
+        from .stages import finetune
+
+        tags = {"finetune": args.dataset}
+        with tracking.start_run(cfg, "downstream", tags, params={"dataset": finetune.dataset_config(cfg, args.dataset)}) as tr:
+            res = finetune.prepare(cfg, args.dataset, args.data, args.out)
+            tr.log_metrics({f"downstream/tokens_{k}": v for k, v in res["tokens"].items()})
+        _finish(args, "downstream", tags, res, tr.run_id)
+    elif args.cmd == "finetune":
+        from .stages import finetune
+
+        tags = {k: getattr(args, k) for k in ("size", "method", "budget") if getattr(args, k)}
+        tags["finetune"] = args.dataset
+        fparams = {"finetune": {k: v for k, v in cfg["finetune"].items() if k != "datasets"},
+                   "dataset": finetune.dataset_config(cfg, args.dataset)}
+        with tracking.start_run(cfg, "finetune", tags, params=fparams) as tr:
+            res = finetune.run(cfg, args.model, args.data, args.dataset, args.out, teacher_dir=args.teacher,
+                               tracker=tr, ddir=args.downstream)
+            tr.log_metrics({**{f"finetune/before/{k}": v for k, v in res.get("ppl_before", {}).items()},
+                            **{f"finetune/after/{k}": v for k, v in res.get("ppl_after", {}).items()},
+                            "finetune/wall_s": res["wall_s"]})
+            tr.set_tags({"output_dir": str(Path(args.out).resolve()), "model_dir": str(Path(args.model).resolve())})
+        _finish(args, "finetune", tags, res, tr.run_id)
     elif args.cmd == "table":
         from .stages import tables
 
@@ -153,6 +238,23 @@ def _dispatch(args) -> int:
             for f in ("ppl.csv", "ppl.md"):
                 tr.log_artifact(Path(args.out_dir) / f)
         _finish(args, "table", {}, res, tr.run_id)
+    elif args.cmd == "fit":
+        from .stages import fit
+
+        tags = {"method": cfg["scaling_law"]["method"]}
+        with tracking.start_run(cfg, "fit", tags, params={"scaling_law": cfg["scaling_law"]}) as tr:
+            res = fit.run(cfg, args.out_dir, tracker=tr)
+            for f in ("fit.json", "points.csv"):
+                tr.log_artifact(Path(args.out_dir) / f)
+        _finish(args, "fit", tags, res, tr.run_id)
+    elif args.cmd == "report":
+        from .stages import report
+
+        with tracking.start_run(cfg, "report", {}) as tr:
+            res = report.run(cfg, args.out_dir, tracker=tr)
+            for f in ("index.html", "report.md"):
+                tr.log_artifact(Path(args.out_dir) / f)
+        _finish(args, "report", {}, res, tr.run_id)
     return 0
 
 

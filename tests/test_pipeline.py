@@ -47,6 +47,18 @@ def test_outputs_and_tables(micro_run):
             assert json.loads((d / "result.json").read_text())["nm_violations"] == 0
     table = (R / "tables" / "ppl.csv").read_text().splitlines()
     assert len(table) == 1 + 3 * len(raw["run"]["sizes"])
+    assert "zs/cast_mc/acc" in table[0]  # zero-shot columns from lm-eval
+    quant = (R / "tables" / "quant.csv").read_text()
+    assert "gptq4" in quant and "int8" in quant
+    assert (R / "tables" / "finetune.csv").exists()
+    sparse_variants = list(R.glob("xs/cast/*/quant/*/model")) + list(R.glob("xs/cast/*/finetune/*/model"))
+    assert len(sparse_variants) == 3  # int8, gptq4 and the fine-tuned model (its quantized twins below)
+    for q in sparse_variants + list(R.glob("xs/cast/*/finetune/*/quant/*/model")):
+        model = AutoModelForCausalLM.from_pretrained(q)
+        targets = find_targets(model, [r"_proj$"], [], 4)
+        assert sum(check_model(model, targets, 2, 4).values()) == 0, q
+    html = (R / "report" / "index.html").read_text()
+    assert "<img" in html and "CC BY-SA" in html
     # the teachers learned: far below the unigram baseline of the same tokenizer
     for size in raw["run"]["sizes"]:
         ev = json.loads((R / size / "teacher" / "eval.json").read_text())["metrics"]
@@ -69,7 +81,11 @@ def test_mlflow_has_one_run_per_job_with_tags(micro_run):
         assert {"stage", "config_hash", "git_commit"} <= set(r.data.tags)
         by_stage.setdefault(r.data.tags["stage"], []).append(r)
     n = len(raw["run"]["sizes"])
-    assert {k: len(v) for k, v in by_stage.items()} == {"data": 1, "teacher": n, "sparsify": 2 * n, "evaluate": 3 * n, "table": 1}
+    # finetune: xs teacher + xs cast; quantize: (xs teacher, xs cast, their 2 fine-tuned) x 2 schemes
+    n_ft, n_q = 2, 4 * len(raw["quantize"]["schemes"])
+    assert {k: len(v) for k, v in by_stage.items()} == {
+        "data": 1, "tasks": 1, "downstream": 1, "teacher": n, "sparsify": 2 * n, "finetune": n_ft, "quantize": n_q,
+        "evaluate": 3 * n + n_ft + n_q, "table": 1, "fit": 1, "report": 1}
     for r in by_stage["sparsify"]:
         assert {"size", "method", "budget"} <= set(r.data.tags)
         if r.data.tags["method"] == "cast":

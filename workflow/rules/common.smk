@@ -86,8 +86,19 @@ def eval_tags(prefix):
     return " ".join(f"--{k} {v}" for k, v in parse_prefix(prefix).items())
 
 
+def variant_prefixes():
+    """Fine-tuned and quantized model folders (finetune.smk / quantize.smk decide which)."""
+    return finetune_prefixes() + [f"{b}/quant/{s}" for b in quant_bases() for s in CFG["quantize"]["schemes"]]
+
+
+def table_prefixes():
+    return model_prefixes() + variant_prefixes()
+
+
 def all_targets():
-    return [R / p / "eval.json" for p in model_prefixes()] + [R / "tables" / "ppl.md"]
+    """Every model's evaluation, the tables, the scaling-law fit and the report."""
+    return ([R / p / "eval.json" for p in table_prefixes()] + [R / "tables" / "ppl.md"]
+            + [R / "scaling" / "fit.json", R / "report" / "index.html", R / "report" / "report.md"])
 
 
 wildcard_constraints:

@@ -1,12 +1,12 @@
 rule table:
     input:
-        evals=[R / p / "eval.json" for p in model_prefixes()],
+        evals=[R / p / "eval.json" for p in table_prefixes()],
     output:
         md=report(R / "tables/ppl.md", caption="../report/ppl.rst", category="Method comparison"),
         csv=R / "tables/ppl.csv",
         result=R / "tables/result.json",
     params:
-        prefixes=" ".join(model_prefixes()),
+        prefixes=" ".join(table_prefixes()),
     log:
         R / "logs/table.log",
     benchmark:

@@ -1,0 +1,138 @@
+"""`cast downstream` and `cast finetune`: downstream token streams, then fine-tuning of a dense or
+sparse model on them. Sparse (exact N:M) models keep their mask frozen: pruned weights are exactly
+zero after every step (cast.frozen_mask); dense models are fine-tuned the same way without a mask."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import downstream as DS
+from ..config import ConfigError, config_hash, parse_tokens, results_dir
+from ..distill import distill_loss
+from ..frozen_mask import freeze_zeros, revived
+from ..io import atomic_dir
+from ..models import load_model, pick_device, save_model
+from ..sparsity import SparsityError, check_model, find_targets
+from ..train import BlockSampler, make_scheduler, steps_for_budget, train
+from .common import load_dense, setup, tokenizer_of
+from .quantize import nm_status
+
+
+def dataset_config(cfg: dict, dataset: str) -> dict:
+    ds = cfg["finetune"]["datasets"]
+    if dataset not in ds:
+        raise ConfigError(f"unknown downstream dataset {dataset!r}; defined in 'finetune.datasets': {', '.join(ds)}")
+    return ds[dataset]
+
+
+def downstream_dir(cfg: dict, dataset: str) -> Path:
+    return results_dir(cfg) / "downstream" / dataset
+
+
+def prepare(cfg: dict, dataset: str, data_dir: str | Path, out_dir: str | Path) -> dict:
+    """results/downstream/{dataset}: tokens_train.npy, tokens_test.npy with the pipeline tokenizer."""
+    DS.check_finetune_config(cfg)
+    d = dataset_config(cfg, dataset)
+    splits = DS.split_train_test(DS.load_texts(d, dataset), d["test_fraction"], cfg["seed"])
+    tokens = DS.tokenize_splits(tokenizer_of(data_dir, cfg), splits)
+    with atomic_dir(out_dir) as tmp:
+        for k, arr in tokens.items():
+            np.save(tmp / f"tokens_{k}.npy", arr)
+    return {"dataset": dataset, "source": d["source"], "documents": {k: len(v) for k, v in splits.items()},
+            "tokens": {k: int(len(v)) for k, v in tokens.items()}}
+
+
+def load_split(ddir: str | Path, split: str) -> np.ndarray:
+    from ..data import load_tokens
+
+    return load_tokens(ddir, split)
+
+
+def downstream_ppl(cfg: dict, model, dataset: str, ddir: str | Path | None = None) -> dict:
+    """Perplexity on the downstream test split at every evaluate.ppl_seqlens:
+    {"ppl/{dataset}_test/s{seqlen}": ppl}. model: a model object or a model directory."""
+    from ..evaluate import perplexity
+
+    dev = pick_device(cfg["device"])
+    if not isinstance(model, torch.nn.Module):
+        model = load_model(str(model), trust_remote_code=cfg["trust_remote_code"])
+    model = model.to(dev)
+    tokens = load_split(ddir or downstream_dir(cfg, dataset), "test")
+    return {f"ppl/{dataset}_test/s{s}": perplexity(model, tokens, s, cfg["evaluate"]["batch_size"], dev, desc="")["ppl"]
+            for s in cfg["evaluate"]["ppl_seqlens"]}
+
+
+def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, dataset: str, out_dir: str | Path,
+        teacher_dir: str | Path | None = None, tracker=None, ddir: str | Path | None = None) -> dict:
+    DS.check_finetune_config(cfg)
+    dataset_config(cfg, dataset)
+    ft, sp = cfg["finetune"], cfg["sparsity"]
+    out_dir = Path(out_dir)
+    ddir = Path(ddir) if ddir else downstream_dir(cfg, dataset)
+    t0 = time.time()
+    acc = setup(cfg, cfg["train"]["precision"])
+    tok = tokenizer_of(data_dir, cfg)
+    model = load_dense(model_dir, cfg)
+    targets = find_targets(model, sp["targets"], sp["exclude"])
+    sparse, _ = nm_status(targets, sp["n"], sp["m"])
+    ppl_before = downstream_ppl(cfg, model, dataset, ddir) if acc.is_main_process else {}
+    model.train()
+    steps = steps_for_budget(parse_tokens(ft["tokens"]), ft["batch_size"], ft["seqlen"])
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": ft["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=ft["lr"], betas=tuple(cfg["train"]["betas"]), eps=cfg["train"]["eps"])
+    sched = make_scheduler(opt, "cosine", ft["warmup_steps"], steps, ft["min_lr_ratio"])
+    model, wrapped = acc.prepare(model, opt)
+    masks = freeze_zeros(targets, opt)[0] if sparse else {}  # after prepare: masks on the training device
+    teacher = None
+    if ft["eta"] > 0:
+        if teacher_dir is None:
+            raise ConfigError("config key 'finetune.eta': distillation needs a teacher model (--teacher)")
+        tdtype = getattr(torch, cfg["train"]["teacher_dtype"])
+        teacher = load_dense(teacher_dir, cfg, dtype=tdtype).to(acc.device).eval().requires_grad_(False)
+    sampler = BlockSampler(load_split(ddir, "train"), ft["seqlen"], ft["batch_size"], cfg["seed"],
+                           acc.process_index, acc.num_processes)
+
+    def loss_fn(student, ids):
+        t_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(ids).logits
+        loss, ce, kl = distill_loss(student(ids).logits, t_logits, ids, ft["eta"], ft["temperature"])
+        return loss, {"ce": ce.detach(), **({"kl": kl.detach()} if kl is not None else {})}
+
+    history = []
+
+    def stats(done):  # the frozen mask, checked at every logged step
+        st = {"finetune/revived": revived(targets, masks) if sparse else 0}
+        history.append({"step": done, **st})
+        return st
+
+    log = (lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None
+    ckpt = out_dir / ".ckpt"
+    fingerprint = config_hash({"finetune": ft, "seed": cfg["seed"], "model": str(Path(model_dir).resolve()), "dataset": dataset})
+    last = train(model, wrapped, sched, sampler, steps, loss_fn, accelerator=acc, grad_clip=ft["grad_clip"],
+                 ckpt_dir=ckpt, ckpt_every=ft["checkpoint_every"], log_every=cfg["train"]["log_every"],
+                 on_log=log, stats_fn=stats, desc=f"finetune {dataset}", fingerprint=fingerprint)
+    model = acc.unwrap_model(model).to("cpu").eval()
+    if sparse:
+        bad = {k: v for k, v in check_model(model, targets, sp["n"], sp["m"]).items() if v}
+        lost = revived(targets, {k: v.cpu() for k, v in masks.items()})
+        if bad or lost:
+            raise SparsityError(f"fine-tuning broke the frozen {sp['n']}:{sp['m']} mask: {lost} revived weights, violations {bad}")
+    result = {"dataset": dataset, "sparse": sparse, "steps": steps, "tokens": steps * ft["batch_size"] * ft["seqlen"],
+              "distilled": teacher is not None, "final_train_ce": last.get("train/ce"), "nm_violations": 0 if sparse else None,
+              "revived_max": max((h["finetune/revived"] for h in history), default=0), "history": history}
+    if acc.is_main_process:
+        save_model(model, tok, out_dir / "model")
+        shutil.rmtree(ckpt, ignore_errors=True)
+        after = downstream_ppl(cfg, model, dataset, ddir)
+        result.update(ppl_before=ppl_before, ppl_after=after)
+    acc.wait_for_everyone()
+    result["wall_s"] = time.time() - t0
+    return result
