@@ -141,8 +141,11 @@ def check_cross_fields(cfg: dict) -> None:
                 if cfg[sec]["seqlen"] > m["max_position_embeddings"]:
                     raise ConfigError(f"config key '{sec}.seqlen': {cfg[sec]['seqlen']} exceeds models.{name}.max_position_embeddings={m['max_position_embeddings']}")
     for name, m in cfg["models"].items():
-        if "pretrained" in m and looks_local(m["pretrained"]) and not Path(m["pretrained"]).expanduser().is_dir():
-            raise ConfigError(f"config key 'models.{name}.pretrained': model directory not found: {m['pretrained']}")
+        if "pretrained" in m and looks_local(m["pretrained"]):
+            mdir = Path(m["pretrained"]).expanduser()
+            if not mdir.is_dir():
+                raise ConfigError(f"config key 'models.{name}.pretrained': model directory not found: {m['pretrained']}")
+            _check_positions(cfg, name, mdir / "config.json")
     tok_path = cfg["data"]["tokenizer"]["path"]
     if tok_path and looks_local(tok_path) and not Path(tok_path).expanduser().is_dir():
         raise ConfigError(f"config key 'data.tokenizer.path': tokenizer directory not found: {tok_path}")
@@ -157,6 +160,22 @@ def check_cross_fields(cfg: dict) -> None:
                 raise ConfigError(f"config key 'data.files.{i}': file not found: {f}")
     if src["val_fraction"] + src["test_fraction"] >= 0.9:
         raise ConfigError("config key 'data.test_fraction': val_fraction + test_fraction must be < 0.9")
+
+
+def _check_positions(cfg: dict, name: str, config_json: Path) -> None:
+    """Sequence lengths against a local checkpoint's maximum positions (read from its config.json)."""
+    import json
+
+    try:
+        mc = json.loads(config_json.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"config key 'models.{name}.pretrained': unreadable {config_json}") from None
+    limit = mc.get("max_position_embeddings") or mc.get("n_positions")
+    checks = [(f"evaluate.ppl_seqlens.{j}", s) for j, s in enumerate(cfg["evaluate"]["ppl_seqlens"])]
+    checks += [("train.seqlen", cfg["train"]["seqlen"])]
+    for key, value in checks:
+        if limit and value > limit:
+            raise ConfigError(f"config key '{key}': {value} exceeds models.{name} max_position_embeddings={limit} ({config_json})")
 
 
 def looks_local(path: str) -> bool:

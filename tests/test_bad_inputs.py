@@ -114,3 +114,12 @@ def test_cli_reports_one_line_for_bad_model(tmp_path, micro_data):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"cast evaluate: error: model directory not found: {tmp_path / 'ghost'}"
     assert "Traceback" not in proc.stderr
+
+
+def test_seqlen_beyond_a_local_checkpoint(micro_raw, tmp_path, llama_factory):
+    d = save_model(llama_factory(), None, tmp_path / "ckpt")  # max_position_embeddings 64
+    micro_raw["models"]["xs"] = {"pretrained": str(d)}
+    micro_raw["run"]["sizes"] = ["xs"]
+    micro_raw["evaluate"]["ppl_seqlens"] = [128]
+    with pytest.raises(ConfigError, match="evaluate.ppl_seqlens.0.*max_position_embeddings=64"):
+        resolve_config(micro_raw)
