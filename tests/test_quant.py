@@ -153,7 +153,9 @@ def test_stage_gptq_output_reloads_and_evaluates_in_lm_eval(micro_data, sparse_m
     from cast.stages import quantize
 
     cfg, data = copy.deepcopy(micro_data[0]), micro_data[1]
-    cfg["quantize"]["schemes"]["gptq4"]["calib_samples"] = 8
+    # pinned here (the micro config's own gptq4 uses group 16): 4-bit codes + one 16-bit scale per 32 inputs
+    cfg["quantize"]["schemes"]["gptq4"] = {"method": "gptq", "bits": 4, "group_size": 32, "calib_samples": 8,
+                                           "percdamp": 0.01, "blocksize": 128}
     res = quantize.run(cfg, sparse_model_dir, data, "gptq4", tmp_path / "q")
     assert res["nm_sparse"] and res["nm_violations"] == 0 and res["target_sparsity"] == pytest.approx(0.5)
     assert res["avg_bits"] == pytest.approx(4 + 16 / 32)  # every xs input size is a multiple of 32
