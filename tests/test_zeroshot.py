@@ -55,6 +55,8 @@ def test_tasks_stage_writes_offline_tasks_that_load(micro_data, tmp_path):
 
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"
     cfg, data = micro_data
+    # the schema defaults (the micro config trims item counts for the end-to-end run)
+    cfg = {**cfg, "zeroshot": {**cfg["zeroshot"], "mc_items": 200, "lastword_items": 200, "ppl_docs": None}}
     out = tmp_path / "tasks"
     res = tasks.run(cfg, data, out)
     docs = _docs(data)
@@ -216,9 +218,10 @@ def test_metric_names_and_task_sets():
 def test_zeroshot_config_defaults_and_errors(micro_raw):
     from cast.config import resolve_config
 
+    micro_raw.pop("zeroshot", None)  # the schema's defaults, not the micro config's trimmed counts
     z = resolve_config(micro_raw)["zeroshot"]
-    assert z == {"enabled": True, "tasks": ["local"], "batch_size": 16, "limit": None, "mc_items": 200,
-                 "lastword_items": 200, "ppl_docs": None}
+    assert z == {"enabled": True, "on_variants": False, "tasks": ["local"], "batch_size": 16, "limit": None,
+                 "mc_items": 200, "lastword_items": 200, "ppl_docs": None}
     micro_raw["zeroshot"] = {"tasks": "cast9"}
     with pytest.raises(ConfigError, match="zeroshot.tasks"):
         resolve_config(micro_raw)
