@@ -22,14 +22,14 @@ def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     rows, cols = w.shape
     if cols % m:
         raise SparsityError(f"input size {cols} is not divisible by M={m}")
-    a = w.detach().abs().reshape(-1, m).t().contiguous()  # (M, groups): position i of every group
+    a = w.detach().abs().reshape(-1, m)  # (groups, M); a[:, i] are strided views, no transposed copies
     rank = torch.zeros_like(a, dtype=torch.uint8)
     for i in range(m):
         for j in range(i + 1, m):
-            i_wins = a[i] >= a[j]  # a tie goes to the lower index i
-            rank[j] += i_wins
-            rank[i] += ~i_wins
-    return (rank < n).t().reshape(rows, cols)
+            i_wins = a[:, i] >= a[:, j]  # a tie goes to the lower index i
+            rank[:, j] += i_wins
+            rank[:, i] += ~i_wins
+    return (rank < n).reshape(rows, cols)
 
 
 def nm_mask_reference(w: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..config import lambda_for_budget
-from ..distill import distill_loss
+from ..distill import distill_loss, teacher_log_probs
 from ..optim.adams import AdamS, alpha_t
 from ..scaling import attach_scales, fold_
 from ..sparsity import attach_ste_masks, hard_prune_, input_dim_of, weight_of
@@ -52,7 +52,8 @@ def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, t
     lam = lambda_for_budget(cfg, method, budget)
     opt = AdamS(param_groups(model, targets, scales, {**tcfg, "lr": lr}, mcfg), lr=lr, betas=tuple(tcfg["betas"]),
                 eps=tcfg["eps"], weight_decay=tcfg["weight_decay"], lam=lam, total_steps=steps, t1=mcfg["t1"],
-                n=sp["n"], m=sp["m"], alpha_indexing=mcfg["alpha_indexing"], decay=decay)
+                n=sp["n"], m=sp["m"], alpha_indexing=mcfg["alpha_indexing"], decay=decay,
+                impl=tcfg.get("optimizer_impl", "foreach"))
     adams = opt  # the raw optimizer: accelerate wraps `opt`
     if masked_forward:  # SR-STE: the forward sees W * M from the start (initial magnitude mask)
         adams.refresh_masks()
@@ -64,11 +65,8 @@ def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, t
 
     def loss_fn(student, ids):
         s_logits = student(ids).logits
-        t_logits = None
-        if eta > 0:
-            with torch.no_grad():
-                t_logits = teacher(ids).logits
-        loss, ce, kl = distill_loss(s_logits, t_logits, ids, eta, temp)
+        t_logp = teacher_log_probs(teacher, ids, temp) if eta > 0 else None
+        loss, ce, kl = distill_loss(s_logits, None, ids, eta, temp, teacher_logp=t_logp)
         return loss, {"ce": ce.detach(), **({"kl": kl.detach()} if kl is not None else {})}
 
     history = []

@@ -15,6 +15,9 @@ mixing *is* the decay). Groups without `sparse` are plain Adam(W).
 
 decay='srste' (the paper's "CAST w SR-STE" ablation) replaces Eq. 7-8 by SR-STE's decay on the
 gradient, g <- g + lam * (1 - M) * w, followed by plain Adam moments.
+
+impl='foreach' (default) is the readable reference below; impl='compiled' runs the same rule as
+one torch.compile'd pass per tensor (cast.optim.fused), falling back to foreach if compilation fails.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import torch
 from torch.optim import Optimizer
 
 from ..sparsity import param_mask
+from . import fused
 
 
 def alpha_t(step: int, total_steps: int, indexing: str = "alg2") -> float:
@@ -49,6 +53,8 @@ class AdamS(Optimizer):
             raise ValueError(f"alpha_indexing must be 'alg1' or 'alg2', got {alpha_indexing!r}")
         if decay not in ("adams", "srste"):
             raise ValueError(f"decay must be 'adams' or 'srste', got {decay!r}")
+        if impl not in ("foreach", "compiled"):
+            raise ValueError(f"impl must be 'foreach' or 'compiled' (train.optimizer_impl), got {impl!r}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, lam=lam, decay=decay,
                         total_steps=total_steps, t1=t1, n=n, m=m, alpha_indexing=alpha_indexing,
                         input_dim=input_dim, sparse=sparse, stat_tol=stat_tol)
@@ -131,13 +137,20 @@ class AdamS(Optimizer):
         flips = 0
         for p in group["params"]:
             state = self.state[p]
-            new = param_mask(p, group["n"], group["m"], group["input_dim"])
+            fast = fused.refresh_mask(p, state.get("mask"), group["n"], group["m"], group["input_dim"]) \
+                if self.impl == "compiled" else None
+            new = fast[0] if fast else param_mask(p, group["n"], group["m"], group["input_dim"])
             if "mask" in state:
-                flips += int((new != state["mask"]).sum())
+                flips += fast[1] if fast else (new != state["mask"]).sum()
             state["mask"] = new
-        return flips
+        return int(flips)
 
     def _update_group(self, group, params, step):
+        if self.impl == "compiled":  # the fast path; whatever it leaves (if anything) runs below
+            alpha = alpha_t(step, group["total_steps"], group["alpha_indexing"])
+            params = fused.update_group(group, params, self.state, step, alpha)
+            if not params:
+                return
         beta1, beta2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
         grads = [p.grad for p in params]

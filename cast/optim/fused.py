@@ -1,0 +1,162 @@
+"""AdamS's fast path (`AdamS(impl="compiled")`, config `train.optimizer_impl: compiled`).
+
+The update rule is the one of cast.optim.adams (its docstring, its foreach path: the readable
+reference and the test oracle, tests/test_fused.py). Here torch.compile (inductor) turns each
+rule into one pass per tensor: read w, g, m, v (and the mask), write w, m, v.
+
+- Kernels see flat 1-D views and are compiled with dynamic=True: one graph per kernel kind, dtype
+  and device, however many parameter shapes the model has.
+- Every per-step number (lr, bias corrections, a_t, lam) travels in one small tensor `s`, so
+  neither the step count nor an LR schedule triggers a recompile.
+- The N:M mask refresh (Eq. 6) is one pass too, and counts the flips against the old mask.
+- Where compilation fails (no C++ compiler, unsupported platform) we warn once and the caller
+  falls back to the foreach path.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from ..sparsity import SparsityError
+
+# layout of `s`, filled once per group and step; scalar arithmetic stays in Python doubles, as in
+# the foreach path, so both round the same numbers to the tensor dtype
+DECAY, W1, B2, W2, ALPHA, LAM, BC2_SQRT, EPS, STEP_SIZE = range(9)
+# smaller tensors go to the foreach path: a compiled call costs ~60 us of Python and guards, foreach
+# amortises its launches over the whole list (break-even measured near 4k entries on CPU)
+MIN_NUMEL = 4096
+
+
+def _adam_tail(p, v, u, src, s):
+    """v_t = b2 v + (1 - b2) src^2;  w <- w - lr/(1 - b1^t) * u / (sqrt(v_t) / sqrt(1 - b2^t) + eps)."""
+    v.mul_(s[B2]).add_(s[W2] * src * src)
+    p.add_(s[STEP_SIZE] * u / (v.sqrt() / s[BC2_SQRT] + s[EPS]))
+
+
+def adam_kernel(p, g, m, v, s):
+    """Plain Adam(W): groups without `sparse`, and lam = 0."""
+    p.mul_(s[DECAY])  # decoupled weight decay, 1 - lr * wd
+    m.lerp_(g, s[W1])
+    _adam_tail(p, v, m, g, s)
+
+
+def adams_kernel(p, g, m, v, mask, s):
+    """AdamS, Eq. 7-8: masked entries step with u = (1 - a) m + a lam sign(w) and build v from u^2.
+    The mask comes as uint8 (a free view of the bool mask) and is compared as float: inductor's CPU
+    code loads a bool vector element by element (a whole step ~3x slower, 21M entries, AVX-512)."""
+    mask = mask.to(p.dtype) != 0
+    p.mul_(s[DECAY])
+    m.lerp_(g, s[W1])
+    u = torch.where(mask, m, torch.lerp(m, torch.sign(p) * s[LAM], s[ALPHA]))  # Eq. 7
+    _adam_tail(p, v, u, torch.where(mask, g, u), s)  # Eq. 8
+
+
+def srste_kernel(p, g, m, v, mask, s):
+    """decay='srste': g <- g + lam (1 - M) w on the raw weight, then plain Adam."""
+    mask = mask.to(p.dtype) != 0  # see adams_kernel
+    adam_kernel(p, torch.where(mask, g, g + s[LAM] * p), m, v, s)
+
+
+def nm_mask_kernel(a, old, n: int):
+    """Eq. 6 on an (A, M, B) view whose dim 1 runs over the M inputs of a group: an entry's rank
+    counts the group entries that beat it (larger |w|, or equal |w| at a lower index); rank < N is
+    kept, so ties keep exactly N, lowest index first (as cast.sparsity.nm_mask). Also returns the
+    number of entries that differ from `old`."""
+    m = a.shape[1]
+    cols = [a[:, i].abs() for i in range(m)]
+    rank = [torch.zeros_like(c, dtype=torch.uint8) for c in cols]
+    for i in range(m):
+        for j in range(i + 1, m):
+            i_wins = cols[i] >= cols[j]
+            rank[j] = rank[j] + i_wins.to(torch.uint8)
+            rank[i] = rank[i] + (~i_wins).to(torch.uint8)
+    new = torch.stack([r < n for r in rank], 1)
+    flips = (new != old).to(torch.uint8).sum(1, dtype=torch.uint8).sum(dtype=torch.int64)  # M < 256
+    return new, flips
+
+
+_RAW = {"adam": adam_kernel, "adams": adams_kernel, "srste": srste_kernel, "mask": nm_mask_kernel}
+_compiled: dict = {}
+_worked: set = set()
+_failed: str | None = None
+
+
+def available() -> bool:
+    """False once a compilation has failed in this process (then everything runs the foreach path)."""
+    return _failed is None
+
+
+UNAVAILABLE = object()  # what _run returns once compilation has failed
+
+
+def _run(name, *args):
+    """Call the compiled kernel `name`; UNAVAILABLE if torch.compile is unavailable (warned once)."""
+    global _failed
+    if _failed is not None:
+        return UNAVAILABLE
+    key = (name, args[0].device.type, args[0].dtype)
+    try:
+        if name not in _compiled:
+            _compiled[name] = torch.compile(_RAW[name], dynamic=True, fullgraph=True)
+        out = _compiled[name](*args)
+    except Exception as e:  # noqa: BLE001 - any compile failure means: use the reference path
+        if key in _worked:  # this kernel ran before: a genuine error, not a missing compiler
+            raise
+        _failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        warnings.warn(f"AdamS impl='compiled': torch.compile failed ({_failed}); using impl='foreach'", stacklevel=3)
+        return UNAVAILABLE
+    _worked.add(key)
+    return out
+
+
+def _flat(t: torch.Tensor):
+    """A flat alias of t's storage, or None if t is not contiguous. detach() drops the view's
+    `_base`, which dynamo would otherwise guard on (a recompile per base shape)."""
+    return t.view(-1).detach() if t.is_contiguous() else None
+
+
+def update_group(group, params, state, step: int, alpha: float) -> list:
+    """One AdamS step of a param group (same rule and state keys as AdamS._update_group).
+    Returns the params it did not update: small (MIN_NUMEL) or non-contiguous ones, or all of
+    them if compilation failed."""
+    beta1, beta2 = group["betas"]
+    lr, wd, lam = group["lr"], group["weight_decay"], group["lam"]
+    mode = "adam"
+    if group["sparse"] and lam > 0:
+        mode = "srste" if group["decay"] == "srste" else "adams"
+    vals = [0.0] * 9
+    vals[DECAY], vals[W1], vals[B2], vals[W2] = 1 - lr * wd, 1 - beta1, beta2, 1 - beta2
+    vals[ALPHA], vals[LAM], vals[EPS] = alpha, lam, group["eps"]
+    vals[BC2_SQRT], vals[STEP_SIZE] = math.sqrt(1 - beta2**step), -lr / (1 - beta1**step)
+    scalars, rest = {}, []
+    for i, p in enumerate(params):
+        st = state[p]
+        flat = [_flat(p), p.grad.reshape(-1).detach(), _flat(st["exp_avg"]), _flat(st["exp_avg_sq"])]
+        if mode != "adam":
+            flat.append(_flat(st["mask"].view(torch.uint8)))
+        if p.numel() < MIN_NUMEL or any(t is None for t in flat):
+            rest.append(p)
+            continue
+        key = (p.device, torch.float64 if p.dtype == torch.float64 else torch.float32)
+        if key not in scalars:
+            scalars[key] = torch.tensor(vals, dtype=key[1], device=key[0])
+        if _run(mode, *flat, scalars[key]) is UNAVAILABLE:
+            return rest + params[i:]
+    return rest
+
+
+def refresh_mask(p: torch.Tensor, old: torch.Tensor | None, n: int, m: int, input_dim: int = -1):
+    """(new mask, flips as a 0-dim tensor) in p's layout, contiguous; None if p is not a contiguous
+    2-D tensor or compilation is unavailable (the caller then uses cast.sparsity.param_mask)."""
+    if p.dim() != 2 or not p.is_contiguous() or not available():
+        return None
+    rows, cols = p.shape
+    inputs = cols if input_dim in (-1, 1) else rows
+    if inputs % m:
+        raise SparsityError(f"input size {inputs} is not divisible by M={m}")
+    shape = (-1, m, 1) if input_dim in (-1, 1) else (rows // m, m, cols)  # groups along dim 1
+    old = torch.zeros_like(p, dtype=torch.bool) if old is None else old.contiguous()
+    out = _run("mask", p.view(shape).detach(), old.view(shape).detach(), n)
+    return None if out is UNAVAILABLE else (out[0].view(p.shape).detach(), out[1])

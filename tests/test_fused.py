@@ -1,0 +1,163 @@
+"""AdamS(impl='compiled') against the foreach reference, the one-pass mask against the top-k
+oracle, the compile fallback, and the closed-form gradient of the distillation loss."""
+import warnings
+
+import pytest
+import torch
+
+from cast.distill import _kl, _nll, distill_loss, log_probs, teacher_log_probs
+from cast.optim import fused
+from cast.optim.adams import AdamS
+from cast.sparsity import nm_mask, nm_mask_reference
+
+SHAPES = [(16, 32), (24, 8), (8, 64)]  # nn.Linear layout (out, in): groups along dim 1
+CONV_SHAPE = (32, 12)  # HF Conv1D layout (in, out): groups along dim 0
+
+
+def _skip_if_unavailable():
+    if not fused.available():
+        pytest.skip(f"torch.compile is unavailable here: {fused._failed}")
+
+
+def _make(impl, **kw):
+    torch.manual_seed(0)
+    lin = [torch.nn.Parameter(torch.randn(*s)) for s in SHAPES]
+    conv = torch.nn.Parameter(torch.randn(*CONV_SHAPE))
+    dense = torch.nn.Parameter(torch.randn(40))
+    groups = [{"params": lin, "sparse": True, "input_dim": 1}, {"params": [conv], "sparse": True, "input_dim": 0},
+              {"params": [dense]}]
+    opt = AdamS(groups, lr=1e-2, total_steps=50, t1=5, impl=impl, **kw)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 / (1 + 0.1 * k))  # a new lr every step
+    return [*lin, conv, dense], opt, sched
+
+
+@pytest.mark.parametrize("kw", [dict(lam=0.1), dict(lam=0.0), dict(lam=0.1, decay="srste"),
+                                dict(lam=0.05, weight_decay=0.1)], ids=["adams", "lam0", "srste", "wd"])
+def test_compiled_matches_foreach_every_step_without_recompiling(kw, monkeypatch):
+    monkeypatch.setattr(fused, "MIN_NUMEL", 0)  # every tensor through the kernels, however small
+    ref_ps, ref, ref_sched = _make("foreach", **kw)
+    ps, opt, sched = _make("compiled", **kw)
+    gen = torch.Generator().manual_seed(1)
+    graphs = None
+    for step in range(1, 51):
+        for a, b in zip(ref_ps, ps):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        ref.step()
+        if step == 1:
+            opt.step()  # compiles the kernels this configuration needs
+            _skip_if_unavailable()
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        else:  # no recompilation across steps, lr changes or mask refreshes
+            with torch._dynamo.config.patch(error_on_recompile=True):
+                opt.step()
+        ref_sched.step()
+        sched.step()
+        for a, b in zip(ref_ps, ps):
+            torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-6, atol=1e-7, msg=f"step {step}")
+        for name in ("exp_avg", "exp_avg_sq"):
+            for a, b in zip(ref_ps, ps):
+                torch.testing.assert_close(opt.state[b][name], ref.state[a][name], rtol=1e-5, atol=1e-7)
+        for a, b in zip(ref.masks(), opt.masks()):
+            assert torch.equal(a, b), f"masks differ at step {step}"
+        assert opt.last_flips == ref.last_flips
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert ref.last_refresh_step == opt.last_refresh_step == 46
+    assert all(m.is_contiguous() for m in opt.masks())
+
+
+def test_small_tensors_take_the_foreach_path_with_the_same_result(monkeypatch):
+    calls = []
+    real = fused._run
+    monkeypatch.setattr(fused, "_run", lambda name, *a: calls.append((name, a[0].numel())) or real(name, *a))
+    runs = {}
+    for impl in ("foreach", "compiled"):
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(64, 128)), torch.nn.Parameter(torch.randn(8, 16))]
+        opt = AdamS([{"params": ps, "sparse": True}], lr=1e-2, lam=0.1, total_steps=6, t1=3, impl=impl)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(6):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        runs[impl] = ps
+    _skip_if_unavailable()
+    assert [c for c in calls if c[0] == "adams"] == [("adams", 64 * 128)] * 6  # 128 entries < MIN_NUMEL
+    assert sorted(c for c in calls if c[0] == "mask") == [("mask", 128)] * 2 + [("mask", 64 * 128)] * 2
+    for a, b in zip(*runs.values()):
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_fast_mask_equals_reference_topk_with_ties_and_counts_flips():
+    torch.manual_seed(2)
+    for (n, m), shape, input_dim in [((2, 4), (12, 32), 1), ((1, 4), (8, 16), 1), ((2, 4), (16, 6), 0)]:
+        w = torch.randint(-3, 4, shape).float()  # few distinct magnitudes: ties in most groups
+        old = torch.rand(shape) > 0.5
+        out = fused.refresh_mask(w, old, n, m, input_dim)
+        _skip_if_unavailable()
+        new, flips = out
+        want = nm_mask_reference(w, n, m) if input_dim == 1 else nm_mask_reference(w.t(), n, m).t()
+        assert torch.equal(new, want), (n, m, shape, input_dim)
+        assert int(flips) == int((want != old).sum())
+        assert torch.equal(nm_mask(w if input_dim == 1 else w.t(), n, m), want if input_dim == 1 else want.t())
+    # exactly N kept per group even when the whole group ties, lowest index first
+    new, _ = fused.refresh_mask(torch.ones(2, 8), None, 2, 4)
+    assert new.tolist() == [[True, True, False, False] * 2] * 2
+
+
+def test_compile_failure_warns_once_and_falls_back_to_foreach(monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("no C++ compiler\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "_worked", set())
+    monkeypatch.setattr(fused, "_failed", None)
+    ref_ps, ref, _ = _make("foreach", lam=0.1)
+    ps, opt, _ = _make("compiled", lam=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(7):
+            for a, b in zip(ref_ps, ps):
+                a.grad = torch.randn(a.shape)
+                b.grad = a.grad.clone()
+            ref.step()
+            opt.step()
+    msgs = [str(w.message) for w in caught if "torch.compile failed" in str(w.message)]
+    assert msgs == ["AdamS impl='compiled': torch.compile failed (RuntimeError: no C++ compiler); using impl='foreach'"]
+    for a, b in zip(ref_ps, ps):
+        assert torch.equal(a, b)
+    assert not fused.available()
+
+
+def test_bad_impl_names_the_config_key():
+    with pytest.raises(ValueError, match="train.optimizer_impl"):
+        AdamS([torch.nn.Parameter(torch.randn(2, 4))], impl="triton")
+
+
+@pytest.mark.parametrize("eta,temperature", [(1 / 3, 1.0), (0.5, 2.0), (1.0, 1.0)])
+def test_distill_loss_closed_form_gradient_equals_autograd(eta, temperature):
+    torch.manual_seed(3)
+    z = torch.randn(2, 6, 9, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 6, 9, dtype=torch.float64)
+    ids = torch.randint(0, 9, (2, 6))
+    loss, ce, kl = distill_loss(z, t, ids, eta, temperature)
+    (2.5 * loss).backward()
+    got = z.grad.clone()
+    z.grad = None
+    want_kl = _kl(log_probs(z, temperature), log_probs(t, temperature), temperature)
+    want_ce = _nll(log_probs(z), ids)
+    (2.5 * (eta * want_kl + (1 - eta) * want_ce)).backward()
+    torch.testing.assert_close(got, z.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(kl, want_kl.detach())
+    torch.testing.assert_close(ce, want_ce.detach())
+    assert float(got[:, -1].abs().max()) == 0.0  # the last position predicts nothing
+
+
+def test_teacher_log_probs_is_a_plain_constant():
+    teacher = torch.nn.Module()
+    teacher.forward = lambda ids: type("Out", (), {"logits": torch.nn.functional.one_hot(ids, 5).double() * 3})()
+    ids = torch.randint(0, 5, (2, 4))
+    log_t = teacher_log_probs(teacher, ids)
+    assert not log_t.is_inference() and not log_t.requires_grad
+    torch.testing.assert_close(log_t, log_probs(teacher(ids).logits))
