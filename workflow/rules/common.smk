@@ -10,6 +10,7 @@ import yaml
 sys.path.insert(0, str(Path(workflow.basedir)))  # the repo root holds the cast package
 from cast.config import ConfigError, budget_label, config_hash, resolve_config
 from cast.methods import KINDS
+from cast.stages.tables import parse_prefix
 
 try:
     CFG = resolve_config(config)
@@ -70,20 +71,18 @@ def model_prefixes():
     return [f"{s}/teacher" for s in CFG["run"]["sizes"]] + sparse_prefixes()
 
 
-def parse_prefix(prefix):
-    """Tags of a model folder: {size}/teacher or {size}/{method}/{budget}, optionally followed by
-    /finetune/{dataset} and/or /quant/{scheme}."""
-    parts = prefix.split("/")
-    tags = {"size": parts[0]}
-    rest = parts[2:] if parts[1] == "teacher" else parts[3:]
-    tags.update({"method": "dense"} if parts[1] == "teacher" else {"method": parts[1], "budget": parts[2]})
-    for key, value in zip(rest[::2], rest[1::2]):
-        tags[key] = value
-    return tags
-
-
 def eval_tags(prefix):
-    return " ".join(f"--{k} {v}" for k, v in parse_prefix(prefix).items())
+    """CLI tags of a model folder (a teacher has no budget)."""
+    return " ".join(f"--{k} {v}" for k, v in parse_prefix(prefix).items() if v != "-")
+
+
+def gpus(size, training=False, processes=1):
+    """GPUs a job asks a cluster for (`resources: gpu`, e.g. the SLURM profile's --gpus): training
+    jobs one per process; inference (one-shot pruning, evaluation, quantization) one for a pretrained
+    checkpoint and none for the small embedded presets; none at all with `device: cpu`."""
+    if CFG["device"] == "cpu":
+        return 0
+    return int(processes) if training else int("pretrained" in CFG["models"][size])
 
 
 def variant_prefixes():

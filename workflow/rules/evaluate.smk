@@ -26,6 +26,8 @@ rule evaluate:
     benchmark:
         R / "benchmarks/evaluate/{prefix}.tsv"
     threads: CFG["threads"]
+    resources:
+        gpu=lambda w: gpus(w.prefix.split("/")[0]),
     shell:
         "{CAST} evaluate --config {CONFIG_FILE} --model {input.model} --data {input.data} "
         "{params.tags} {params.tasks_dir} {params.zeroshot} --result {output} > {log} 2>&1"

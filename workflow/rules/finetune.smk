@@ -96,7 +96,7 @@ rule finetune:
         R / "benchmarks/finetune/{fbase}/{dataset}.tsv"
     threads: CFG["threads"] * CFG["train"]["processes"]
     resources:
-        gpu=1,
+        gpu=lambda w: gpus(w.fbase.split("/")[0], True, CFG["train"]["processes"]),
     shell:
         "{params.cast} finetune --config {CONFIG_FILE} --model {input.model} --data {input.data} "
         "--dataset {wildcards.dataset} --downstream {input.downstream} {params.teacher} --out {params.out} "

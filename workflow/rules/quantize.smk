@@ -39,6 +39,8 @@ rule quantize:
     benchmark:
         R / "benchmarks/quantize/{base}/{scheme}.tsv"
     threads: CFG["threads"]
+    resources:
+        gpu=lambda w: gpus(w.base.split("/")[0]),
     shell:
         "{CAST} quantize --config {CONFIG_FILE} --model {input.model} --data {input.data} "
         "--scheme {wildcards.scheme} --out {params.out} {params.tags} --result {output.result} > {log} 2>&1"

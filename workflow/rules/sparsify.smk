@@ -18,7 +18,7 @@ rule sparsify:
         R / "benchmarks/sparsify/{size}_{method}_{budget}.tsv"
     threads: lambda w: CFG["threads"] * (CFG["train"]["processes"] if method_kind(w.method) == "train" else 1)
     resources:
-        gpu=lambda w: 1 if method_kind(w.method) == "train" else 0,
+        gpu=lambda w: gpus(w.size, method_kind(w.method) == "train", CFG["train"]["processes"]),
     shell:
         "{params.cast} sparsify --config {CONFIG_FILE} --size {wildcards.size} --method {wildcards.method} "
         "--budget {wildcards.budget} --teacher {input.teacher} --data {input.data} --out {params.out} "

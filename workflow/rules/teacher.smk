@@ -14,7 +14,7 @@ rule teacher:
         R / "benchmarks/teacher/{size}.tsv"
     threads: CFG["threads"] * CFG["teacher"]["processes"]
     resources:
-        gpu=lambda w: 1 if "pretrained" not in CFG["models"][w.size] else 0,
+        gpu=lambda w: 0 if "pretrained" in CFG["models"][w.size] else gpus(w.size, True, CFG["teacher"]["processes"]),
     shell:
         "{params.cast} teacher --config {CONFIG_FILE} --size {wildcards.size} --data {input.data} "
         "--out {output.model} --result {output.result} > {log} 2>&1"
