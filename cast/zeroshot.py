@@ -295,6 +295,17 @@ def _ll(sample: dict) -> float:
     return float(r[0] if isinstance(r, (list, tuple)) else r)
 
 
+def set_averages(metrics: dict) -> dict:
+    """{"zs/<set>_avg/acc": mean accuracy} for each published task set (cast7, ast7) whose tasks all
+    have a plain `acc` in metrics: the papers' "average over 7 tasks" column."""
+    out = {}
+    for name, tasks in TASK_SETS.items():
+        accs = [metrics.get(f"zs/{t}/acc") for t in tasks]
+        if name != "local" and all(a is not None for a in accs):
+            out[f"zs/{name}_avg/acc"] = sum(accs) / len(accs)
+    return out
+
+
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
@@ -329,6 +340,7 @@ def run_zeroshot(model_dir: str | Path, tasks: list[str], include_path: str | Pa
     finally:
         log.setLevel(level)
     metrics = flatten_metrics(res)
+    metrics.update(set_averages(metrics))
     out = {"metrics": metrics, "versions": _jsonable(res.get("versions", {})), "lm_eval_version": _lm_eval_version(),
            "config": _jsonable(res.get("configs", {})), "n_samples": _jsonable(res.get("n-samples", {})),
            "include_defaults": defaults}

@@ -15,7 +15,7 @@ import torch
 
 from cast.config import ConfigError
 from cast.zeroshot import (LOCAL_TASKS, TASK_SETS, build_tasks, mc_items, metric_key, ppl_items, resolve_task_names,
-                           run_zeroshot, write_task)
+                           run_zeroshot, set_averages, write_task)
 
 MLFLOW_NAME = re.compile(r"^[A-Za-z0-9_\-. :/]+$")
 
@@ -213,6 +213,17 @@ def test_metric_names_and_task_sets():
     assert resolve_task_names("local") == ["cast_zs"]
     assert resolve_task_names(["cast7", "boolq", "hellaswag"]) == TASK_SETS["cast7"] + ["boolq"]
     assert resolve_task_names("ast7")[:2] == ["boolq", "rte"]
+    assert len(resolve_task_names(["cast7", "ast7"])) == 9  # the union, as the LLaMA paper configs ask
+
+
+def test_task_set_averages_need_every_member():
+    accs = dict(zip(TASK_SETS["cast7"], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]))
+    metrics = {f"zs/{t}/acc": a for t, a in accs.items()} | {"zs/hellaswag/acc_norm": 9.0, "zs/boolq/acc": 0.9}
+    avg = set_averages(metrics)
+    assert avg.keys() == {"zs/cast7_avg/acc"}  # AST-7 lacks rte
+    assert avg["zs/cast7_avg/acc"] == pytest.approx(0.4)
+    metrics["zs/rte/acc"] = 0.5  # now every AST-7 task: boolq .9, rte .5, hellaswag .1, wino .4, arc .5 .6, obqa .7
+    assert set_averages(metrics)["zs/ast7_avg/acc"] == pytest.approx((0.9 + 0.5 + 0.1 + 0.4 + 0.5 + 0.6 + 0.7) / 7)
 
 
 def test_zeroshot_config_defaults_and_errors(micro_raw):
