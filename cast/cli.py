@@ -134,7 +134,11 @@ def _dispatch(args) -> int:
     from . import tracking
 
     if args.cmd == "init":
-        exp = tracking.init_store(cfg)
+        uri, exp = tracking.tracking_uri(cfg), "unreachable"
+        if tracking.reachable(uri):
+            exp = tracking.init_store(cfg)
+        else:
+            tracking.warn_offline(uri, "jobs will run untracked until it is back")
         if args.flag:
             Path(args.flag).parent.mkdir(parents=True, exist_ok=True)
             Path(args.flag).write_text(f"{tracking.tracking_uri(cfg)}\n{exp}\n")

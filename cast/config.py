@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,11 @@ def results_dir(cfg: dict) -> Path:
     return Path(cfg["results_dir"]).resolve()
 
 
+# as the job was started: mlflow.set_tracking_uri() rewrites this variable inside the process
+ENV_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def tracking_uri(cfg: dict) -> str:
-    uri = cfg["mlflow"]["tracking_uri"]
+    """Config `mlflow.tracking_uri`, else $MLFLOW_TRACKING_URI, else sqlite under results_dir."""
+    uri = cfg["mlflow"]["tracking_uri"] or ENV_TRACKING_URI
     return uri or f"sqlite:///{results_dir(cfg) / 'mlflow.db'}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +52,24 @@ def init_store(cfg: dict) -> str:
     return exp.experiment_id
 
 
+def reachable(uri: str, timeout: float = 5.0) -> bool:
+    """Whether an http(s) tracking server answers /health within timeout (file/sqlite stores: True).
+    Probed first because MLflow's own client retries a dead server for minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def warn_offline(uri: str, what: str) -> None:
+    sys.stderr.write(f"cast: WARNING: MLflow tracking server {uri} is unreachable; {what}\n")
+
+
 class Tracker:
     """Buffers metrics and sends them with log_batch (200 single calls cost ~1 s; a batch 0.06 s)."""
 
@@ -69,8 +88,12 @@ class Tracker:
             self.flush()
 
     def flush(self) -> None:
-        for i in range(0, len(self._buf), 900):
-            self.client.log_batch(self.run_id, metrics=self._buf[i:i + 900])
+        """Send the buffer; a server that went away mid-job loses metrics, never the job."""
+        try:
+            for i in range(0, len(self._buf), 900):
+                self.client.log_batch(self.run_id, metrics=self._buf[i:i + 900])
+        except Exception as e:  # noqa: BLE001 - any transport/server error
+            sys.stderr.write(f"cast: WARNING: MLflow logging failed ({type(e).__name__}: {e}); metrics dropped\n")
         self._buf = []
 
     def set_tags(self, tags: dict) -> None:
@@ -82,7 +105,8 @@ class Tracker:
 
 
 class NullTracker:
-    """What non-main processes of a multi-process job get: logging is the main process's job."""
+    """What non-main processes of a multi-process job get (logging is the main process's job), and
+    every job while the tracking server is unreachable."""
 
     run_id = None
 
@@ -106,6 +130,10 @@ def start_run(cfg: dict, stage: str, tags: dict, params: dict | None = None):
         return
 
     uri = tracking_uri(cfg)
+    if not reachable(uri):
+        warn_offline(uri, "this job runs untracked (its result JSON is written as always)")
+        yield NullTracker()
+        return
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg["experiment"])
     exp_id = exp.experiment_id if exp is not None else init_store(cfg)

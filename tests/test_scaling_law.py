@@ -222,3 +222,45 @@ def test_report_without_optional_inputs(micro_cfg, tmp_path):
     page = (tmp_path / "rep" / "index.html").read_text()
     for text in ("No method comparison table", "No scaling-law fit", "No training curves", "gensim_wiki"):
         assert text in page, text
+
+
+def _dead_server() -> str:
+    """An http URI nothing listens on (a port bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_dead_tracking_server_costs_tracking_never_results(store, tmp_path, monkeypatch, capsys):
+    """Jobs run untracked (quickly, with a warning) and the fit falls back to the result JSONs."""
+    from cast.config import results_dir
+    from cast.stages.evaluate import ppl_key
+    from cast.stages.fit import load_points
+    from cast.tracking import NullTracker, start_run
+
+    cfg = copy.deepcopy(store)
+    cfg["results_dir"] = str(tmp_path / "results")
+    monkeypatch.setattr("cast.config.ENV_TRACKING_URI", _dead_server())  # no config value: $MLFLOW_TRACKING_URI
+    t0 = time.time()
+    with start_run(cfg, "evaluate", {"size": "xs"}) as tr:
+        tr.log_metrics({"x": 1.0})
+    assert isinstance(tr, NullTracker) and time.time() - t0 < 10
+    assert "unreachable" in capsys.readouterr().err
+    R, key = results_dir(cfg), ppl_key(cfg, cfg["evaluate"]["ppl_seqlens"][0])
+    for size in ("xs", "s"):
+        (R / size / "teacher").mkdir(parents=True)
+        (R / size / "teacher" / "result.json").write_text(json.dumps({"non_embedding_params": NPARAMS[size]}))
+        (R / size / "teacher" / "eval.json").write_text(json.dumps({"metrics": {key: DENSE[size]}}))
+        for b in BUDGETS:
+            (R / size / "cast" / b).mkdir(parents=True)
+            (R / size / "cast" / b / "eval.json").write_text(json.dumps({"run_id": None, "metrics": {key: PPL[size, b]}}))
+    (R / "xs" / "cast" / "16k" / "quant" / "int8").mkdir(parents=True)  # a variant: not a grid point
+    (R / "xs" / "cast" / "16k" / "quant" / "int8" / "eval.json").write_text(json.dumps({"metrics": {key: 1.0}}))
+    pts = load_points(cfg)
+    assert {(r.size, r.budget): r.ppl for r in pts.itertuples()} == PPL
+    assert dict(zip(pts["size"], pts["N"])) == NPARAMS
+    (R / "s" / "cast" / "64k" / "eval.json").unlink()
+    with pytest.raises(Exception, match="s/cast/64k"):
+        load_points(cfg)

@@ -1,6 +1,7 @@
 """`cast fit`: read the sweep back from MLflow and fit the scaling laws (cast.scaling_law).
 
-Points come from the tracking store, not from files: per (size, method, budget) the newest FINISHED
+Points come from the tracking store, not from files (only while an http tracking server is down
+does it fall back to the result JSONs of the grid's folders, saying so in fit.json): per (size, method, budget) the newest FINISHED
 `evaluate` run (no finetune/quant tag) gives the perplexity; the newest finished `teacher` run per
 size gives N (non-embedding parameters); the dense teacher's own `evaluate` run gives the reference
 loss of the gap law. Writes {out_dir}/fit.json and {out_dir}/points.csv.
@@ -10,8 +11,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..config import ConfigError, parse_tokens, tracking_uri
-from ..io import InputError, write_json
+from ..config import ConfigError, parse_tokens, results_dir, tracking_uri
+from ..io import InputError, read_json, write_json
 
 GRID_KEYS = ("size", "method", "budget")
 
@@ -26,7 +27,12 @@ def finished_runs(cfg: dict, stage: str):
     import mlflow
     import pandas as pd
 
+    from ..tracking import reachable, warn_offline
+
     uri = tracking_uri(cfg)
+    if not reachable(uri):
+        warn_offline(uri, "reading the points from the result JSONs instead")
+        return runs_from_results(cfg, stage)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise InputError(f"MLflow store not found: {uri[len('sqlite:///'):]} (config keys 'results_dir', "
                          f"'mlflow.tracking_uri'); run the pipeline first")
@@ -45,6 +51,28 @@ def finished_runs(cfg: dict, stage: str):
         if c.startswith("metrics."):
             out[c[len("metrics."):]] = df[c].astype(float)
     return out.reset_index(drop=True)
+
+
+def runs_from_results(cfg: dict, stage: str):
+    """finished_runs' frame rebuilt from the grid's folders: {size}/teacher/result.json (stage
+    'teacher') or {size}/teacher and {size}/{method}/{budget} eval.json (stage 'evaluate')."""
+    import pandas as pd
+
+    from .tables import parse_prefix
+
+    R, rows = results_dir(cfg), []
+    for size in cfg["run"]["sizes"]:
+        if stage == "teacher":
+            files = [R / size / "teacher" / "result.json"]
+        else:
+            files = [R / size / "teacher" / "eval.json", *sorted(R.glob(f"{size}/*/*/eval.json"))]
+        for f in (f for f in files if f.exists()):
+            doc, tags = read_json(f), parse_prefix(str(f.parent.relative_to(R)))
+            rows.append({"run_id": doc.get("run_id"), "start_time": f.stat().st_mtime, **tags,
+                         "budget": None if tags["budget"] == "-" else tags["budget"], "finetune": None, "quant": None,
+                         "non_embedding_params": doc.get("non_embedding_params"), **doc.get("metrics", {})})
+    return pd.DataFrame(rows, columns=None if rows else ["run_id", "start_time", *GRID_KEYS, "finetune", "quant",
+                                                          "non_embedding_params"])
 
 
 def _newest(df, keys):
@@ -129,7 +157,11 @@ def run(cfg: dict, out_dir: str | Path, tracker=None) -> dict:
     pts.to_csv(out / "points.csv", index=False)
     from .evaluate import ppl_key
 
-    doc = {"note": NOTE, "method": sl["method"], "experiment": cfg["experiment"],
+    from ..tracking import reachable
+
+    uri = tracking_uri(cfg)
+    source = f"MLflow {uri}" if reachable(uri) else "result JSONs (tracking server unreachable)"
+    doc = {"note": NOTE, "method": sl["method"], "experiment": cfg["experiment"], "source": source,
            "metric": ppl_key(cfg, cfg["evaluate"]["ppl_seqlens"][0]), "target": "L = log(perplexity)",
            "N": "dense non-embedding parameters", "D": "sparse-training tokens", "n_points": len(pts),
            "settings": {**sl, "seed": seed}, **fits}
