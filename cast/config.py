@@ -121,6 +121,20 @@ def check_cross_fields(cfg: dict) -> None:
     for i, name in enumerate(run["sweep_methods"]):
         if name not in methods:
             raise ConfigError(f"config key 'run.sweep_methods.{i}': unknown method {name!r}; defined in 'methods': {', '.join(methods) or '(none)'}")
+    for name, sizes in run["method_sizes"].items():
+        if name not in run["methods"]:
+            raise ConfigError(f"config key 'run.method_sizes.{name}': {name!r} is not in run.methods {run['methods']}")
+        for i, size in enumerate(sizes):
+            if size not in run["sizes"]:
+                raise ConfigError(f"config key 'run.method_sizes.{name}.{i}': {size!r} is not in run.sizes {run['sizes']}")
+    swept = cfg.get("scaling_law", {}).get("method")
+    if swept in run["method_sizes"] and set(run["method_sizes"][swept]) != set(run["sizes"]):
+        raise ConfigError(f"config key 'run.method_sizes.{swept}': the scaling-law method (scaling_law.method) "
+                          f"must run at every size of run.sizes")
+    for section in ("quantize", "finetune"):
+        bad = [n for n in cfg.get(section, {}).get("methods") or [] if n not in run["methods"]]
+        if bad:
+            raise ConfigError(f"config key '{section}.methods': {bad} are not in run.methods {run['methods']}")
     tokens = [parse_tokens(b) for b in run["budgets"]]
     if tokens != sorted(tokens) or len(set(tokens)) != len(tokens):
         raise ConfigError(f"config key 'run.budgets': budgets must be strictly increasing, got {run['budgets']}")
@@ -224,6 +238,12 @@ def lambda_for_budget(cfg: dict, method: str, budget: int | str) -> float:
     rule = cfg["lambda_rule"]
     ratio = parse_tokens(budget) / parse_tokens(rule["reference_tokens"])
     return float(cfg["methods"][method]["lambda"]) * ratio ** float(rule["exponent"])
+
+
+def method_sizes(cfg: dict, method: str) -> list[str]:
+    """The sizes a method runs at: run.sizes, or its run.method_sizes subset (in run.sizes order)."""
+    only = cfg["run"]["method_sizes"].get(method)
+    return [s for s in cfg["run"]["sizes"] if only is None or s in only]
 
 
 def results_dir(cfg: dict) -> Path:

@@ -24,12 +24,17 @@ class BlockScale(nn.Module):
         self.scale = nn.Parameter(torch.ones(rows, blocks))
 
     def expanded(self) -> torch.Tensor:
-        """expand(A): (rows, cols), Eq. 12."""
+        """expand(A): (rows, cols), Eq. 12 (for inspection; forward broadcasts instead)."""
         a = self.scale.repeat_interleave(self.block, dim=1)
         return a if self.input_dim == 1 else a.t()
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * self.expanded().to(w.dtype)
+        """W * expand(A) as a broadcast over (rows, blocks, block): no expanded copy of A, and a
+        backward that reduces over the block instead of scattering through repeat_interleave."""
+        a = self.scale.to(w.dtype)
+        if self.input_dim == 1:  # w: (rows, cols)
+            return (w.unflatten(1, (-1, self.block)) * a[:, :, None]).flatten(1)
+        return (w.unflatten(0, (-1, self.block)) * a.t()[:, None, :]).flatten(0, 1)  # w: (cols, rows)
 
 
 def attach_scales(targets: dict[str, nn.Module], blocks: int) -> dict[str, nn.Parameter]:

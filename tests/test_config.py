@@ -1,5 +1,7 @@
 """Config validation: every bad value is named by its key path, before any job runs."""
 import copy
+import os
+import re
 import subprocess
 import sys
 
@@ -47,6 +49,12 @@ BAD = [  # (key path to set, bad value, text the one-line error must contain)
     ("run.methods", ["wizard"], "run.methods.0"),
     ("run.budgets", ["64k", "16k"], "run.budgets"),
     ("run.budgets", ["-5"], "run.budgets.0"),
+    ("run.method_sizes", {"srste": ["xs"]}, "run.method_sizes.srste"),  # not in run.methods
+    ("run.method_sizes", {"magnitude": ["xl"]}, "run.method_sizes.magnitude.0"),
+    ("run.method_sizes", {"cast": ["xs"]}, "run.method_sizes.cast"),  # the scaling-law method needs every size
+    ("run.method_sizes", {"magnitude": []}, "run.method_sizes.magnitude"),
+    ("quantize.methods", ["srste"], "quantize.methods"),
+    ("finetune.methods", ["srste"], "finetune.methods"),
     ("models.xs.num_heads", 3, "models.xs.num_heads"),
     ("models.xs.hidden_size", "big", "models.xs.hidden_size"),
     ("models.xs.pretrained", "some/model", "models.xs"),
@@ -109,3 +117,23 @@ def test_snakemake_stops_before_any_job(tmp_path, micro_raw, path, value, needle
     lines = [ln for ln in proc.stderr.splitlines() if needle in ln]
     assert lines and lines[0].startswith("cast: invalid config: config key")
     assert not (tmp_path / "results").exists()  # no job ran, nothing written
+
+
+def test_method_sizes_restrict_the_dag(tmp_path, micro_raw):
+    """run.method_sizes drops a method's other sizes from the DAG (and from the variants built on it)."""
+    def planned(raw):
+        cfgfile = tmp_path / "cfg.yaml"
+        cfgfile.write_text(yaml.safe_dump(raw))
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"),
+                               "--configfile", str(cfgfile), "--directory", str(tmp_path)],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return set(re.findall(r"output: \S*?/((?:xs|s)/\w+/\w+)/model,", proc.stdout))
+
+    raw = copy.deepcopy(micro_raw)
+    raw["results_dir"] = str(tmp_path / "results")
+    every = planned(raw)
+    assert {"xs/magnitude/0", "s/magnitude/0"} <= every
+    raw["run"]["method_sizes"] = {"magnitude": ["s"]}
+    assert every - planned(raw) == {"xs/magnitude/0"}

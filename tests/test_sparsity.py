@@ -65,6 +65,26 @@ def test_block_scale_expand_contiguous():
     assert sc.expanded().tolist() == [[2.0] * 4 + [3.0] * 4, [5.0] * 4 + [7.0] * 4]
 
 
+@pytest.mark.parametrize("input_dim", [1, 0])
+def test_block_scale_forward_broadcast_equals_expanded_product(input_dim):
+    """forward broadcasts over (rows, blocks, block); values and both gradients equal W * expand(A)."""
+    torch.manual_seed(0)
+    sc = BlockScale(6, 12, 3, input_dim)
+    with torch.no_grad():
+        sc.scale.uniform_(0.5, 1.5)
+    w = torch.randn(6, 12) if input_dim == 1 else torch.randn(12, 6)  # Conv1D keeps (in, out)
+    w.requires_grad_(True)
+    grad_out = torch.randn_like(w)
+    (sc(w) * grad_out).sum().backward()
+    g_w, g_a = w.grad.clone(), sc.scale.grad.clone()
+    w.grad, sc.scale.grad = None, None
+    ref = w * sc.expanded()
+    (ref * grad_out).sum().backward()
+    torch.testing.assert_close(sc(w), ref, rtol=0, atol=0)
+    torch.testing.assert_close(g_w, w.grad)
+    torch.testing.assert_close(g_a, sc.scale.grad)
+
+
 def test_scaling_fold_preserves_logits_and_sparsity(llama_factory):
     torch.manual_seed(0)
     model = llama_factory()

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # the repo root holds the cast package
-from cast.config import ConfigError, budget_label, config_hash, resolve_config
+from cast.config import ConfigError, budget_label, config_hash, method_sizes, resolve_config
 from cast.methods import KINDS
 from cast.stages.tables import parse_prefix
 
@@ -64,7 +64,8 @@ def budgets_of(method):
 
 
 def sparse_prefixes():
-    return [f"{s}/{m}/{b}" for s in CFG["run"]["sizes"] for m in CFG["run"]["methods"] for b in budgets_of(m)]
+    return [f"{s}/{m}/{b}" for s in CFG["run"]["sizes"] for m in CFG["run"]["methods"]
+            if s in method_sizes(CFG, m) for b in budgets_of(m)]
 
 
 def model_prefixes():

@@ -7,13 +7,7 @@ FT_BASE = r"[A-Za-z0-9_]+/(teacher|[A-Za-z0-9_]+/[0-9.]+[kMGT]?)"
 def variant_methods(section):
     """Sparse methods that get a variant: `{section}.methods` (null = all of run.methods)."""
     names = CFG[section]["methods"]
-    if names is None:
-        return CFG["run"]["methods"]
-    bad = [n for n in names if n not in CFG["run"]["methods"]]
-    if bad:
-        sys.stderr.write(f"cast: invalid config: config key '{section}.methods': {bad} are not in run.methods\n")
-        sys.exit(1)
-    return names
+    return CFG["run"]["methods"] if names is None else names  # checked: cast.config.check_cross_fields
 
 
 def variant_sizes(section):
@@ -24,7 +18,8 @@ def variant_sizes(section):
 
 def comparison_prefixes(section):
     """The section's methods at their largest budget (the comparison point of the method table)."""
-    return [f"{s}/{m}/{budgets_of(m)[-1]}" for s in variant_sizes(section) for m in variant_methods(section)]
+    return [f"{s}/{m}/{budgets_of(m)[-1]}" for s in variant_sizes(section) for m in variant_methods(section)
+            if s in method_sizes(CFG, m)]
 
 
 def finetune_prefixes():
