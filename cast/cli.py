@@ -21,6 +21,12 @@ def _common(p: argparse.ArgumentParser, result: bool = True):
         p.add_argument("--result", required=True, help="result JSON to write (holds the MLflow run id)")
 
 
+def _tags(p: argparse.ArgumentParser, *names: str):
+    """--size/--method/...: the model folder's place in the grid, logged as MLflow tags."""
+    for tag in names:
+        p.add_argument(f"--{tag}", default=None, help=f"MLflow tag '{tag}'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cast", description="CAST: continuous adaptive sparse training to N:M sparsity")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -62,16 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--tasks-dir", default=None, help="folder from `cast tasks` (needed by the local zero-shot tasks)")
     p.add_argument("--no-zeroshot", action="store_true", help="perplexity only (zeroshot.on_variants: false)")
-    for tag in ("size", "method", "budget", "finetune", "quant"):
-        p.add_argument(f"--{tag}", default=None, help=f"MLflow tag '{tag}'")
+    _tags(p, "size", "method", "budget", "finetune", "quant")
+
     p = sub.add_parser("quantize", help="weight-only quantization of a model directory (zeros stay zero)")
     _common(p)
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="data directory (tokenizer, GPTQ calibration windows)")
     p.add_argument("--scheme", required=True, help="a name under `quantize.schemes:` in the config")
     p.add_argument("--out", required=True, help="folder to create: model/, qstate.safetensors, quant.json")
-    for tag in ("size", "method", "budget", "finetune"):
-        p.add_argument(f"--{tag}", default=None, help=f"MLflow tag '{tag}'")
+    _tags(p, "size", "method", "budget", "finetune")
 
     p = sub.add_parser("downstream", help="token streams of one fine-tuning dataset")
     _common(p)
@@ -87,8 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--downstream", default=None, help="token folder from `cast downstream` (default results_dir/downstream/DATASET)")
     p.add_argument("--teacher", default=None, help="dense model directory for distillation (finetune.eta > 0)")
     p.add_argument("--out", required=True, help="folder to create: model/")
-    for tag in ("size", "method", "budget"):
-        p.add_argument(f"--{tag}", default=None, help=f"MLflow tag '{tag}'")
+    _tags(p, "size", "method", "budget")
 
     p = sub.add_parser("table", help="method comparison table (CSV + Markdown) from result/eval JSONs")
     _common(p)

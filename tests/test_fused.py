@@ -66,14 +66,23 @@ def test_compiled_matches_foreach_every_step_without_recompiling(kw, monkeypatch
     assert all(m.is_contiguous() for m in opt.masks())
 
 
-def test_small_tensors_take_the_foreach_path_with_the_same_result(monkeypatch):
+def _numels(a):
+    return tuple(t.numel() for t in a) if isinstance(a, list) else a.numel()
+
+
+def test_small_tensors_take_the_foreach_path_and_equal_shapes_share_calls(monkeypatch):
+    """Tensors below MIN_NUMEL go to foreach; the others are updated CHUNK same-shape tensors per
+    compiled call; the result is the reference's."""
     calls = []
     real = fused._run
-    monkeypatch.setattr(fused, "_run", lambda name, *a: calls.append((name, a[0].numel())) or real(name, *a))
+    monkeypatch.setattr(fused, "_run", lambda name, *a: calls.append((name, _numels(a[0]))) or real(name, *a))
+    monkeypatch.setattr(fused, "CHUNK", 2)
     runs = {}
     for impl in ("foreach", "compiled"):
         torch.manual_seed(0)
-        ps = [torch.nn.Parameter(torch.randn(64, 128)), torch.nn.Parameter(torch.randn(8, 16))]
+        ps = [torch.nn.Parameter(torch.randn(64, 128)), torch.nn.Parameter(torch.randn(8, 16)),
+              torch.nn.Parameter(torch.randn(64, 128)), torch.nn.Parameter(torch.randn(32, 128)),
+              torch.nn.Parameter(torch.randn(64, 128))]
         opt = AdamS([{"params": ps, "sparse": True}], lr=1e-2, lam=0.1, total_steps=6, t1=3, impl=impl)
         gen = torch.Generator().manual_seed(1)
         for _ in range(6):
@@ -82,8 +91,11 @@ def test_small_tensors_take_the_foreach_path_with_the_same_result(monkeypatch):
             opt.step()
         runs[impl] = ps
     _skip_if_unavailable()
-    assert [c for c in calls if c[0] == "adams"] == [("adams", 64 * 128)] * 6  # 128 entries < MIN_NUMEL
-    assert sorted(c for c in calls if c[0] == "mask") == [("mask", 128)] * 2 + [("mask", 64 * 128)] * 2
+    big, mid = 64 * 128, 32 * 128  # 8 x 16 = 128 entries < MIN_NUMEL: foreach
+    per_step = [("adams", (big, big)), ("adams", (big,)), ("adams", (mid,))]
+    assert [c for c in calls if c[0] == "adams"] == per_step * 6
+    per_refresh = [("mask", (big, big)), ("mask", (big,)), ("mask", (128,)), ("mask", (mid,))]  # masks: any size
+    assert [c for c in calls if c[0] == "mask"] == per_refresh * 2
     for a, b in zip(*runs.values()):
         torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-6, atol=1e-7)
 

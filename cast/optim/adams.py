@@ -60,6 +60,7 @@ class AdamS(Optimizer):
                         input_dim=input_dim, sparse=sparse, stat_tol=stat_tol)
         super().__init__(params, defaults)
         self.impl = impl
+        self._flat_views = {}  # impl='compiled': flat aliases of each param's tensors (fused._flat_state)
         self.last_flips = 0
         self.last_refresh_step = None
 
@@ -134,11 +135,11 @@ class AdamS(Optimizer):
 
     @torch.no_grad()
     def _refresh_group(self, group) -> int:
-        flips = 0
-        for p in group["params"]:
+        flips, ps = 0, group["params"]
+        fasts = fused.refresh_masks(ps, [self.state[p].get("mask") for p in ps], group["n"], group["m"],
+                                    group["input_dim"]) if self.impl == "compiled" else [None] * len(ps)
+        for p, fast in zip(ps, fasts):
             state = self.state[p]
-            fast = fused.refresh_mask(p, state.get("mask"), group["n"], group["m"], group["input_dim"]) \
-                if self.impl == "compiled" else None
             new = fast[0] if fast else param_mask(p, group["n"], group["m"], group["input_dim"])
             if "mask" in state:
                 flips += fast[1] if fast else (new != state["mask"]).sum()
@@ -148,7 +149,7 @@ class AdamS(Optimizer):
     def _update_group(self, group, params, step):
         if self.impl == "compiled":  # the fast path; whatever it leaves (if anything) runs below
             alpha = alpha_t(step, group["total_steps"], group["alpha_indexing"])
-            params = fused.update_group(group, params, self.state, step, alpha)
+            params = fused.update_group(group, params, self.state, step, alpha, self._flat_views)
             if not params:
                 return
         beta1, beta2 = group["betas"]
