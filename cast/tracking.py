@@ -37,6 +37,19 @@ def git_commit() -> str:
         return "unknown"
 
 
+def use_uri(uri: str) -> None:
+    """mlflow.set_tracking_uri without its side effect on os.environ (it exports
+    MLFLOW_TRACKING_URI, which would leak into every subprocess this process starts)."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def init_store(cfg: dict) -> str:
     """Create the store and the experiment once, before any parallel job (sqlite migrations race)."""
     import mlflow
@@ -44,7 +57,7 @@ def init_store(cfg: dict) -> str:
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
+    use_uri(uri)
     exp = mlflow.get_experiment_by_name(cfg["experiment"])
     if exp is None:
         art = (results_dir(cfg) / "mlruns").as_uri()

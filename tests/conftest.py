@@ -14,6 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("CAST_NO_TQDM", "1")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests never log to a developer's tracking server
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]

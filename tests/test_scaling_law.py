@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import json
 import math
 import time
@@ -153,7 +154,9 @@ def store(tmp_path_factory):
 def test_reader_takes_the_newest_finished_run_per_point(store):
     from cast.stages.fit import load_points
 
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     pts = load_points(store)
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before  # nothing leaks into subprocesses' environment
     assert len(pts) == 6
     got = {(r.size, r.budget): r.ppl for r in pts.itertuples()}
     assert got == PPL                                        # not 999 (older), 77 (quant), 1.0 (failed)

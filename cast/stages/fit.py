@@ -27,7 +27,7 @@ def finished_runs(cfg: dict, stage: str):
     import mlflow
     import pandas as pd
 
-    from ..tracking import reachable, warn_offline
+    from ..tracking import reachable, use_uri, warn_offline
 
     uri = tracking_uri(cfg)
     if not reachable(uri):
@@ -36,7 +36,7 @@ def finished_runs(cfg: dict, stage: str):
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise InputError(f"MLflow store not found: {uri[len('sqlite:///'):]} (config keys 'results_dir', "
                          f"'mlflow.tracking_uri'); run the pipeline first")
-    mlflow.set_tracking_uri(uri)
+    use_uri(uri)
     if mlflow.get_experiment_by_name(cfg["experiment"]) is None:
         raise InputError(f"MLflow experiment {cfg['experiment']!r} not found in {tracking_uri(cfg)} "
                          f"(config key 'experiment'); run the pipeline first")
