@@ -13,6 +13,17 @@ class InputError(ValueError):
     """A missing or corrupt input file; the message names the path."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create 0600/0700 (private) temporaries; outputs get the modes any other file or
+# folder would (0666/0777 minus the umask), so a shared results tree stays readable by the group
+_FILE_MODE, _DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
+
+
 def write_json(path: str | Path, obj) -> None:
     """Write JSON atomically: temporary file in the same folder, then rename."""
     path = Path(path)
@@ -23,6 +34,7 @@ def write_json(path: str | Path, obj) -> None:
             json.dump(obj, fh, indent=2, sort_keys=True, default=str)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,6 +60,7 @@ def atomic_dir(path: str | Path):
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        os.chmod(tmp, _DIR_MODE)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -116,3 +116,20 @@ def test_parallel_processes_log_to_one_sqlite_store(tmp_path, micro_cfg):
         assert {m.value for m in hist} == {float(s * i) for s in range(100)}
         assert [a.path for a in client.list_artifacts(r.info.run_id)] == [f"art{i}.txt"]
         assert r.info.status == "FINISHED"
+
+
+def test_outputs_get_umask_modes_not_private_temp_modes(tmp_path):
+    """mkstemp/mkdtemp temporaries are 0600/0700; finished outputs must be group-readable like any
+    other file (0666/0777 minus the umask), or a shared cluster results tree is unreadable."""
+    import os
+    import stat
+
+    from cast.io import atomic_dir, write_json
+
+    umask = os.umask(0)
+    os.umask(umask)
+    write_json(tmp_path / "r.json", {"a": 1})
+    with atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "w.bin").write_bytes(b"x")
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o666 & ~umask  # 0644 under the usual 022
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o777 & ~umask    # 0755
