@@ -145,8 +145,8 @@ def _dispatch(args) -> int:
             tracking.warn_offline(uri, "jobs will run untracked until it is back")
         if args.flag:
             Path(args.flag).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.flag).write_text(f"{tracking.tracking_uri(cfg)}\n{exp}\n")
-        print(f"MLflow store {tracking.tracking_uri(cfg)}, experiment {cfg['experiment']} ({exp})")
+            Path(args.flag).write_text(f"{uri}\n{exp}\n")
+        print(f"MLflow store {uri}, experiment {cfg['experiment']} ({exp})")
         return 0
 
     if args.cmd == "data":

@@ -13,15 +13,15 @@ class InputError(ValueError):
     """A missing or corrupt input file; the message names the path."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _modes() -> tuple[int, int]:
+    """mkstemp/mkdtemp create 0600/0700 (private) temporaries; outputs get the modes any other file
+    or folder would (0666/0777 minus the umask), so a shared results tree stays readable by the group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask, 0o777 & ~umask
 
 
-# mkstemp/mkdtemp create 0600/0700 (private) temporaries; outputs get the modes any other file or
-# folder would (0666/0777 minus the umask), so a shared results tree stays readable by the group
-_FILE_MODE, _DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
+_FILE_MODE, _DIR_MODE = _modes()
 
 
 def write_json(path: str | Path, obj) -> None:

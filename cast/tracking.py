@@ -1,6 +1,7 @@
 """MLflow tracking: one run per job, tags, flattened params, batched metrics."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -65,9 +66,11 @@ def init_store(cfg: dict) -> str:
     return exp.experiment_id
 
 
+@functools.lru_cache(maxsize=None)
 def reachable(uri: str, timeout: float = 5.0) -> bool:
     """Whether an http(s) tracking server answers /health within timeout (file/sqlite stores: True).
-    Probed first because MLflow's own client retries a dead server for minutes."""
+    Probed first because MLflow's own client retries a dead server for minutes; probed once per
+    process (a job, or the fit's several reads), so a dead server costs one timeout, not one per call."""
     if not uri.startswith(("http://", "https://")):
         return True
     import urllib.request

@@ -30,16 +30,10 @@ DECAY, W1, B2, W2, ALPHA, LAM, INV_BC2_SQRT, EPS, STEP_SIZE = range(9)
 MIN_NUMEL = 4096
 
 
-# One division per entry instead of the reference's two: sqrt(v) * (1 / sqrt(1 - b2^t)), equal up
-# to float rounding (tests/test_fused.py: 1e-6 relative over 50 steps). The moments keep lerp, as
-# the reference: its branch on the weight is cheap, and the stored moments round identically.
-def _first_moment(m, g, s):
-    """m_t = b1 m + (1 - b1) g."""
-    m.lerp_(g, s[W1])
-
-
 def _adam_tail(p, v, u, src, s):
-    """v_t = b2 v + (1 - b2) src^2;  w <- w - lr/(1 - b1^t) * u / (sqrt(v_t) / sqrt(1 - b2^t) + eps)."""
+    """v_t = b2 v + (1 - b2) src^2;  w <- w - lr/(1 - b1^t) * u / (sqrt(v_t) / sqrt(1 - b2^t) + eps).
+    One division per entry instead of the reference's two: sqrt(v_t) * (1 / sqrt(1 - b2^t)), equal
+    up to float rounding (tests/test_fused.py: 1e-6 relative over 50 steps)."""
     v.mul_(s[B2]).add_(s[W2] * src * src)
     p.add_(s[STEP_SIZE] * u / (v.sqrt() * s[INV_BC2_SQRT] + s[EPS]))
 
@@ -47,7 +41,7 @@ def _adam_tail(p, v, u, src, s):
 def adam_kernel(p, g, m, v, s):
     """Plain Adam(W): groups without `sparse`, and lam = 0."""
     p.mul_(s[DECAY])  # decoupled weight decay, 1 - lr * wd
-    _first_moment(m, g, s)
+    m.lerp_(g, s[W1])
     _adam_tail(p, v, m, g, s)
 
 
@@ -57,7 +51,7 @@ def adams_kernel(p, g, m, v, mask, s):
     code loads a bool vector element by element (a whole step ~3x slower, 21M entries, AVX-512)."""
     mask = mask.to(p.dtype) != 0
     p.mul_(s[DECAY])
-    _first_moment(m, g, s)
+    m.lerp_(g, s[W1])
     u = torch.where(mask, m, torch.lerp(m, torch.sign(p) * s[LAM], s[ALPHA]))  # Eq. 7
     _adam_tail(p, v, u, torch.where(mask, g, u), s)  # Eq. 8
 
@@ -149,6 +143,15 @@ def _flat(t: torch.Tensor):
     return t.view(-1).detach() if t.is_contiguous() else None
 
 
+def _chunks(items: list, key) -> list[list]:
+    """items grouped by key(item) (e.g. shape), then cut into runs of at most CHUNK: the
+    argument lists of the compiled calls."""
+    same: dict = {}
+    for item in items:
+        same.setdefault(key(item), []).append(item)
+    return [group[i:i + CHUNK] for group in same.values() for i in range(0, len(group), CHUNK)]
+
+
 def _flat_state(p, st, views: dict) -> list | None:
     """Flat aliases of p, m, v (and the uint8 view of the mask), reused between steps while the
     same storages back them (a refresh's new mask or a loaded state makes new ones). `views` is
@@ -177,20 +180,22 @@ def update_group(group, params, state, step: int, alpha: float, views: dict) -> 
     vals[DECAY], vals[W1], vals[B2], vals[W2] = 1 - lr * wd, 1 - beta1, beta2, 1 - beta2
     vals[ALPHA], vals[LAM], vals[EPS] = alpha, lam, group["eps"]
     vals[INV_BC2_SQRT], vals[STEP_SIZE] = 1 / math.sqrt(1 - beta2**step), -lr / (1 - beta1**step)
-    rest, same = [], {}
+    rest, ready = [], []
     for p in params:
         cached = _flat_state(p, state[p], views) if p.numel() >= MIN_NUMEL else None
         if cached is None:
             rest.append(p)
             continue
         pf, mf, vf, *maskf = cached
-        flat = [pf, p.grad.reshape(-1).detach(), mf, vf, *(maskf if mode != "adam" else [])]
-        same.setdefault((p.numel(), p.dtype, p.device, p.grad.dtype), []).append((p, flat))
-    todo = [chunk for items in same.values() for chunk in (items[i:i + CHUNK] for i in range(0, len(items), CHUNK))]
+        ready.append((p, [pf, p.grad.reshape(-1).detach(), mf, vf, *(maskf if mode != "adam" else [])]))
+    todo = _chunks(ready, lambda item: (item[0].numel(), item[0].dtype, item[0].device, item[0].grad.dtype))
+    scalars = {}
     for k, chunk in enumerate(todo):
         p = chunk[0][0]
-        s = torch.tensor(vals, dtype=torch.float64 if p.dtype == torch.float64 else torch.float32, device=p.device)
-        if _run(mode, *map(list, zip(*(flat for _, flat in chunk))), s) is UNAVAILABLE:
+        key = (p.device, torch.float64 if p.dtype == torch.float64 else torch.float32)
+        if key not in scalars:
+            scalars[key] = torch.tensor(vals, dtype=key[1], device=key[0])
+        if _run(mode, *map(list, zip(*(flat for _, flat in chunk))), scalars[key]) is UNAVAILABLE:
             return rest + [q for c in todo[k:] for q, _ in c]
     return rest
 
@@ -199,7 +204,7 @@ def refresh_masks(ps: list, olds: list, n: int, m: int, input_dim: int = -1) -> 
     """[(new mask, flips as a 0-dim tensor) or None] per tensor: the mask in p's layout, contiguous;
     None where p is not a contiguous 2-D tensor or compilation is unavailable (the caller then uses
     cast.sparsity.param_mask). Same-shape tensors go CHUNK per compiled call."""
-    out, same = [None] * len(ps), {}
+    out, ready = [None] * len(ps), []
     for i, (p, old) in enumerate(zip(ps, olds)):
         if p.dim() != 2 or not p.is_contiguous() or not available():
             continue
@@ -209,15 +214,14 @@ def refresh_masks(ps: list, olds: list, n: int, m: int, input_dim: int = -1) -> 
             raise SparsityError(f"input size {inputs} is not divisible by M={m}")
         shape = (-1, m, 1) if input_dim in (-1, 1) else (rows // m, m, cols)  # groups along dim 1
         old = torch.zeros_like(p, dtype=torch.bool) if old is None else old.contiguous()
-        same.setdefault((p.shape, p.dtype, p.device), []).append((i, p.view(shape).detach(), old.view(shape).detach()))
-    for items in same.values():
-        for k in range(0, len(items), CHUNK):
-            idx, views, old_views = zip(*items[k:k + CHUNK])
-            res = _run("mask", list(views), list(old_views), n)
-            if res is UNAVAILABLE:
-                return [None] * len(ps)
-            for i, new, flips in zip(idx, *res):
-                out[i] = (new.view(ps[i].shape).detach(), flips)
+        ready.append((i, p.view(shape).detach(), old.view(shape).detach()))
+    for chunk in _chunks(ready, lambda item: (ps[item[0]].shape, item[1].dtype, item[1].device)):
+        idx, views, old_views = zip(*chunk)
+        res = _run("mask", list(views), list(old_views), n)
+        if res is UNAVAILABLE:
+            return [None] * len(ps)
+        for i, new, flips in zip(idx, *res):
+            out[i] = (new.view(ps[i].shape).detach(), flips)
     return out
 
 

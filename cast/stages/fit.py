@@ -1,10 +1,10 @@
 """`cast fit`: read the sweep back from MLflow and fit the scaling laws (cast.scaling_law).
 
-Points come from the tracking store, not from files (only while an http tracking server is down
-does it fall back to the result JSONs of the grid's folders, saying so in fit.json): per (size, method, budget) the newest FINISHED
+Points come from the tracking store, not from files: per (size, method, budget) the newest FINISHED
 `evaluate` run (no finetune/quant tag) gives the perplexity; the newest finished `teacher` run per
 size gives N (non-embedding parameters); the dense teacher's own `evaluate` run gives the reference
-loss of the gap law. Writes {out_dir}/fit.json and {out_dir}/points.csv.
+loss of the gap law. Only while an http tracking server is down does it read the result JSONs of
+the grid's folders instead (fit.json `source` says which). Writes {out_dir}/fit.json and points.csv.
 """
 from __future__ import annotations
 
