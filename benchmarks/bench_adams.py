@@ -77,7 +77,7 @@ def bench_steps(device, reps, impl, teacher_dtype):
 
     import torch.nn.functional as F
 
-    from cast.distill import causal_ce, distill_loss, teacher_log_probs
+    from cast.distill import causal_ce, distill_loss, teacher_targets
     from cast.methods.cast_train import param_groups
     from cast.models import build_llama
     from cast.optim.adams import AdamS
@@ -104,7 +104,7 @@ def bench_steps(device, reps, impl, teacher_dtype):
     shapes = {tuple(p.shape) for g in opt_s.param_groups for p in g["params"]}
 
     def cast_step():  # as cast.methods.cast_train's loss_fn
-        loss, _, _ = distill_loss(student(ids).logits, None, ids, 1 / 3, teacher_logp=teacher_log_probs(teacher, ids))
+        loss, _, _ = distill_loss(student(ids).logits, None, ids, 1 / 3, targets=teacher_targets(teacher, ids))
         loss.backward()
         opt_s.step()
         opt_s.zero_grad(set_to_none=True)

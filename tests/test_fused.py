@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from cast.distill import _kl, _nll, distill_loss, log_probs, teacher_log_probs
+from cast.distill import _kl, _nll, distill_loss, log_probs, teacher_targets
 from cast.optim import fused
 from cast.optim.adams import AdamS
 from cast.sparsity import nm_mask, nm_mask_reference
@@ -166,10 +166,21 @@ def test_distill_loss_closed_form_gradient_equals_autograd(eta, temperature):
     assert float(got[:, -1].abs().max()) == 0.0  # the last position predicts nothing
 
 
-def test_teacher_log_probs_is_a_plain_constant():
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_teacher_targets_are_plain_constants_and_match_the_logits_path(temperature):
+    torch.manual_seed(4)
+    logits = torch.randn(3, 5, 7, dtype=torch.float64)
     teacher = torch.nn.Module()
-    teacher.forward = lambda ids: type("Out", (), {"logits": torch.nn.functional.one_hot(ids, 5).double() * 3})()
-    ids = torch.randint(0, 5, (2, 4))
-    log_t = teacher_log_probs(teacher, ids)
-    assert not log_t.is_inference() and not log_t.requires_grad
-    torch.testing.assert_close(log_t, log_probs(teacher(ids).logits))
+    teacher.forward = lambda ids: type("Out", (), {"logits": logits.clone()})()
+    ids = torch.randint(0, 7, (3, 5))
+    tt = teacher_targets(teacher, ids, temperature)
+    assert not tt.probs.is_inference() and not tt.probs.requires_grad
+    log_t = log_probs(logits, temperature)
+    torch.testing.assert_close(tt.probs, log_t.exp(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(tt.neg_entropy, (log_t.exp() * log_t).sum(), rtol=1e-12, atol=1e-12)
+    z = torch.randn(3, 5, 7, dtype=torch.float64)
+    kept = logits.clone()
+    want = distill_loss(z, logits, ids, 0.4, temperature)
+    assert torch.equal(logits, kept)  # teacher logits passed in are not overwritten
+    for a, b in zip(distill_loss(z, None, ids, 0.4, temperature, targets=tt), want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

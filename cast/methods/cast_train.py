@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..config import lambda_for_budget
-from ..distill import distill_loss, teacher_log_probs
+from ..distill import distill_loss, teacher_targets
 from ..optim.adams import AdamS, alpha_t
 from ..scaling import attach_scales, fold_
 from ..sparsity import attach_ste_masks, hard_prune_, input_dim_of, weight_of
@@ -65,8 +65,8 @@ def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, t
 
     def loss_fn(student, ids):
         s_logits = student(ids).logits
-        t_logp = teacher_log_probs(teacher, ids, temp) if eta > 0 else None
-        loss, ce, kl = distill_loss(s_logits, None, ids, eta, temp, teacher_logp=t_logp)
+        targets = teacher_targets(teacher, ids, temp) if eta > 0 else None
+        loss, ce, kl = distill_loss(s_logits, None, ids, eta, temp, targets=targets)
         return loss, {"ce": ce.detach(), **({"kl": kl.detach()} if kl is not None else {})}
 
     history = []

@@ -12,7 +12,7 @@ import torch
 
 from .. import downstream as DS
 from ..config import ConfigError, config_hash, parse_tokens, results_dir
-from ..distill import distill_loss
+from ..distill import distill_loss, teacher_targets
 from ..frozen_mask import freeze_zeros, revived
 from ..io import atomic_dir
 from ..models import load_model, pick_device, save_model
@@ -99,11 +99,9 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, dataset: str, ou
                            acc.process_index, acc.num_processes)
 
     def loss_fn(student, ids):
-        t_logits = None
-        if teacher is not None:
-            with torch.no_grad():
-                t_logits = teacher(ids).logits
-        loss, ce, kl = distill_loss(student(ids).logits, t_logits, ids, ft["eta"], ft["temperature"])
+        s_logits = student(ids).logits
+        targets = teacher_targets(teacher, ids, ft["temperature"]) if teacher is not None else None
+        loss, ce, kl = distill_loss(s_logits, None, ids, ft["eta"], ft["temperature"], targets=targets)
         return loss, {"ce": ce.detach(), **({"kl": kl.detach()} if kl is not None else {})}
 
     history = []
