@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cast.distill import _kl, _nll, distill_loss, log_probs, teacher_targets
-from cast.optim import fused
+from cast.optim import fused, native
 from cast.optim.adams import AdamS
 from cast.sparsity import nm_mask, nm_mask_reference
 
@@ -72,7 +72,8 @@ def _numels(a):
 
 def test_small_tensors_take_the_foreach_path_and_equal_shapes_share_calls(monkeypatch):
     """Tensors below MIN_NUMEL go to foreach; the others are updated CHUNK same-shape tensors per
-    compiled call; the result is the reference's."""
+    compiled call (the masks too, with the C kernel off); the result is the reference's."""
+    monkeypatch.setattr(native, "supports", lambda p: False)
     calls = []
     real = fused._run
     monkeypatch.setattr(fused, "_run", lambda name, *a: calls.append((name, _numels(a[0]))) or real(name, *a))
@@ -100,13 +101,21 @@ def test_small_tensors_take_the_foreach_path_and_equal_shapes_share_calls(monkey
         torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-6, atol=1e-7)
 
 
-def test_fast_mask_equals_reference_topk_with_ties_and_counts_flips():
+@pytest.mark.parametrize("kernel", ["native", "compiled"])
+def test_fast_mask_equals_reference_topk_with_ties_and_counts_flips(kernel, monkeypatch):
+    if kernel == "compiled":
+        monkeypatch.setattr(native, "supports", lambda p: False)
+    elif not native.available():
+        pytest.skip("no C compiler here")
     torch.manual_seed(2)
-    for (n, m), shape, input_dim in [((2, 4), (12, 32), 1), ((1, 4), (8, 16), 1), ((2, 4), (16, 6), 0)]:
+    cases = [((2, 4), (12, 32), 1), ((1, 4), (8, 16), 1), ((3, 4), (8, 16), 1), ((2, 4), (16, 6), 0),
+             ((2, 8), (4, 64), 1), ((4, 8), (24, 5), 0), ((2, 4), (256, 512), 1)]
+    for (n, m), shape, input_dim in cases:
         w = torch.randint(-3, 4, shape).float()  # few distinct magnitudes: ties in most groups
         old = torch.rand(shape) > 0.5
         out = fused.refresh_mask(w, old, n, m, input_dim)
-        _skip_if_unavailable()
+        if kernel == "compiled":
+            _skip_if_unavailable()
         new, flips = out
         want = nm_mask_reference(w, n, m) if input_dim == 1 else nm_mask_reference(w.t(), n, m).t()
         assert torch.equal(new, want), (n, m, shape, input_dim)
@@ -115,6 +124,11 @@ def test_fast_mask_equals_reference_topk_with_ties_and_counts_flips():
     # exactly N kept per group even when the whole group ties, lowest index first
     new, _ = fused.refresh_mask(torch.ones(2, 8), None, 2, 4)
     assert new.tolist() == [[True, True, False, False] * 2] * 2
+    # NaN and infinities: the same comparisons as cast.sparsity.nm_mask, so the same mask
+    w = torch.randn(64, 32)
+    w.view(-1)[torch.randperm(w.numel())[:200]] = float("nan")
+    w.view(-1)[torch.randperm(w.numel())[:100]] = float("inf")
+    assert torch.equal(fused.refresh_mask(w, None, 2, 4)[0], nm_mask(w, 2, 4))
 
 
 def test_compile_failure_warns_once_and_falls_back_to_foreach(monkeypatch):
@@ -122,6 +136,7 @@ def test_compile_failure_warns_once_and_falls_back_to_foreach(monkeypatch):
         raise RuntimeError("no C++ compiler\nsecond line")
 
     monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(native, "_library", lambda: None)  # no compiler: no C kernel either
     monkeypatch.setattr(fused, "_compiled", {})
     monkeypatch.setattr(fused, "_worked", set())
     monkeypatch.setattr(fused, "_failed", None)

@@ -9,7 +9,9 @@ rule into one pass per tensor: read w, g, m, v (and the mask), write w, m, v.
   tensor): one graph per kernel kind, chunk length, dtype and device, whatever the shapes.
 - Every per-step number (lr, bias corrections, a_t, lam) travels in one small tensor `s`, so
   neither the step count nor an LR schedule triggers a recompile.
-- The N:M mask refresh (Eq. 6) is one pass too, and counts the flips against the old mask.
+- The N:M mask refresh (Eq. 6) is one pass too, and counts the flips against the old mask: on
+  CPU a C kernel (cast.optim.native; inductor's code for its stride-M loads is a scalar loop,
+  ~3.5x slower), elsewhere (CUDA, or no C compiler) the compiled nm_mask_kernel.
 - Where compilation fails (no C++ compiler, unsupported platform) we warn once and the caller
   falls back to the foreach path.
 """
@@ -21,6 +23,7 @@ import warnings
 import torch
 
 from ..sparsity import SparsityError
+from . import native
 
 # layout of `s`, filled once per group and step; scalar arithmetic stays in Python doubles, as in
 # the foreach path, so both round the same numbers to the tensor dtype
@@ -201,25 +204,30 @@ def update_group(group, params, state, step: int, alpha: float, views: dict) -> 
 
 
 def refresh_masks(ps: list, olds: list, n: int, m: int, input_dim: int = -1) -> list:
-    """[(new mask, flips as a 0-dim tensor) or None] per tensor: the mask in p's layout, contiguous;
-    None where p is not a contiguous 2-D tensor or compilation is unavailable (the caller then uses
-    cast.sparsity.param_mask). Same-shape tensors go CHUNK per compiled call."""
+    """[(new mask, flips) or None] per tensor: the mask in p's layout, contiguous; None where p is
+    not a contiguous 2-D tensor or no fast kernel is available (the caller then uses
+    cast.sparsity.param_mask). fp32 CPU tensors go to the C kernel (cast.optim.native); the rest
+    to the compiled one, same-shape tensors CHUNK per call."""
     out, ready = [None] * len(ps), []
     for i, (p, old) in enumerate(zip(ps, olds)):
-        if p.dim() != 2 or not p.is_contiguous() or not available():
+        if p.dim() != 2 or not p.is_contiguous():
             continue
         rows, cols = p.shape
         inputs = cols if input_dim in (-1, 1) else rows
         if inputs % m:
             raise SparsityError(f"input size {inputs} is not divisible by M={m}")
-        shape = (-1, m, 1) if input_dim in (-1, 1) else (rows // m, m, cols)  # groups along dim 1
         old = torch.zeros_like(p, dtype=torch.bool) if old is None else old.contiguous()
-        ready.append((i, p.view(shape).detach(), old.view(shape).detach()))
+        if native.supports(p):
+            new = torch.empty_like(p, dtype=torch.bool)
+            out[i] = (new, native.nm_mask_(p.detach(), old, new, n, m, input_dim))
+        elif available():
+            shape = (-1, m, 1) if input_dim in (-1, 1) else (rows // m, m, cols)  # groups along dim 1
+            ready.append((i, p.view(shape).detach(), old.view(shape).detach()))
     for chunk in _chunks(ready, lambda item: (ps[item[0]].shape, item[1].dtype, item[1].device)):
         idx, views, old_views = zip(*chunk)
         res = _run("mask", list(views), list(old_views), n)
-        if res is UNAVAILABLE:
-            return [None] * len(ps)
+        if res is UNAVAILABLE:  # what is still None falls back to the reference
+            break
         for i, new, flips in zip(idx, *res):
             out[i] = (new.view(ps[i].shape).detach(), flips)
     return out
