@@ -155,12 +155,19 @@ def main():
     ap.add_argument("--impl", default="compiled", choices=["foreach", "compiled"], help="AdamS in the CAST step")
     ap.add_argument("--teacher-dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--malloc", default="retain", choices=["retain", "system"],
+                    help="host allocator as config train.malloc (the training stages' default: retain)")
     ap.add_argument("--skip-steps", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.malloc == "retain":
+        from cast.train import retain_freed_host_memory
+
+        args.malloc = "retain" if retain_freed_host_memory() else "system (retain is glibc only)"
     n = args.layers * args.rows * args.cols
-    print(f"device={args.device} threads={torch.get_num_threads()} params={n / 1e6:.1f}M torch={torch.__version__}")
+    print(f"device={args.device} threads={torch.get_num_threads()} params={n / 1e6:.1f}M torch={torch.__version__} "
+          f"malloc={args.malloc}")
     o = bench_optimizers(args.layers, args.rows, args.cols, args.device, args.reps)
     for k, v in o.items():
         print(f"{k:>16}: {v * 1e3:8.2f} ms" if k != "compile_s" else f"{k:>16}: {v:8.2f} s (first AdamS(compiled) step)")

@@ -48,6 +48,24 @@ class BlockSampler:
         return torch.from_numpy(np.asarray(self.blocks[self.indices(step)], dtype=np.int64))
 
 
+def retain_freed_host_memory() -> bool:
+    """glibc malloc: serve every block from the heap (no mmap per large block) and never trim it.
+    By default each tensor over 32 MB (the default run's 16 x 128 x 4096 logits are 33.5 MB) gets
+    fresh pages from the kernel and returns them when freed, so every step pays ~40-65k page
+    faults; with this, freed blocks are reused and the resident size stays at its peak (config
+    train.malloc: retain). Measured CAST and dense CPU steps (benchmarks/bench_adams.py) get ~10-30%
+    faster and their timings steady. False where this is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        m_trim_threshold, m_mmap_max = -1, -4  # glibc's mallopt parameter numbers (malloc.h)
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
 def steps_for_budget(tokens: int, batch_size: int, seqlen: int) -> int:
     return max(1, tokens // (batch_size * seqlen))
 

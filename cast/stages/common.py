@@ -7,16 +7,20 @@ import torch
 
 from ..data import load_tokenizer, load_tokens
 from ..models import load_model, pick_device
+from ..train import retain_freed_host_memory
 
 
 def setup(cfg: dict, precision: str = "no"):
-    """Seed, thread count and an accelerate Accelerator (device, DDP, autocast)."""
+    """Seed, thread count, the CPU allocator (train.malloc) and an accelerate Accelerator (device,
+    DDP, autocast)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     torch.set_num_threads(cfg["threads"])
     set_seed(cfg["seed"])
     cpu = pick_device(cfg["device"]).type == "cpu"
+    if cpu and cfg["train"]["malloc"] == "retain":
+        retain_freed_host_memory()
     return Accelerator(cpu=cpu, mixed_precision=precision)
 
 
