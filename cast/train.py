@@ -53,8 +53,11 @@ def retain_freed_host_memory() -> bool:
     By default each tensor over 32 MB (the default run's 16 x 128 x 4096 logits are 33.5 MB) gets
     fresh pages from the kernel and returns them when freed, so every step pays ~40-65k page
     faults; with this, freed blocks are reused and the resident size stays at its peak (config
-    train.malloc: retain). Measured CAST and dense CPU steps (benchmarks/bench_adams.py) get ~10-30%
-    faster and their timings steady. False where this is not glibc."""
+    train.malloc: retain). Measured CAST and dense CPU steps (benchmarks/bench_adams.py) get ~25-35%
+    faster and their timings steady, at the same peak resident size. The cost: torch's aligned
+    blocks are only reused once glibc has coalesced their slack, so a loop of one large size can
+    strand up to ~8 such blocks first (a 64 MB-tensor loop: 733 vs 285 MB peak). False where this
+    is not glibc."""
     import ctypes
     import ctypes.util
 

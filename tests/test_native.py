@@ -109,8 +109,10 @@ from cast.train import retain_freed_host_memory
 ok = retain_freed_host_memory() if sys.argv[1] == "retain" else None
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):  # a 64 MB tensor made, touched and freed, as the logits every step
-    before = faults()
+for _ in range(15):  # a 64 MB tensor made, touched and freed, as the logits every step
+    torch.ones(16 * 1024 * 1024)
+before = faults()
+for _ in range(5):
     torch.ones(16 * 1024 * 1024)
 print(ok, faults() - before)
 """
@@ -118,6 +120,9 @@ print(ok, faults() - before)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_retained_host_memory_reuses_freed_blocks_without_page_faults():
+    """torch's 64-byte-aligned blocks are reused once glibc has coalesced the alignment slack
+    (within the first ~8 same-size blocks); from then on, no page faults. glibc's default maps
+    fresh pages every time (64 MB / 4 KiB = 16k faults per tensor)."""
     def run(mode):
         out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
         ok, faults = out.stdout.split()
@@ -126,5 +131,5 @@ def test_retained_host_memory_reuses_freed_blocks_without_page_faults():
     ok, faults = run("retain")
     if ok != "True":
         pytest.skip("not glibc")
-    assert faults < 1000  # the freed block is reused
-    assert run("system")[1] > 10_000  # glibc's default: fresh pages (64 MB / 4 KiB = 16k faults) every time
+    assert faults < 1000
+    assert run("system")[1] > 5 * 10_000
