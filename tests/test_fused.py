@@ -109,7 +109,7 @@ def test_fast_mask_equals_reference_topk_with_ties_and_counts_flips(kernel, monk
         pytest.skip("no C compiler here")
     torch.manual_seed(2)
     cases = [((2, 4), (12, 32), 1), ((1, 4), (8, 16), 1), ((3, 4), (8, 16), 1), ((2, 4), (16, 6), 0),
-             ((2, 8), (4, 64), 1), ((4, 8), (24, 5), 0), ((2, 4), (256, 512), 1)]
+             ((2, 8), (4, 64), 1), ((4, 8), (24, 5), 0), ((2, 4), (256, 512), 1), ((2, 4), (64, 300), 0)]
     for (n, m), shape, input_dim in cases:
         w = torch.randint(-3, 4, shape).float()  # few distinct magnitudes: ties in most groups
         old = torch.rand(shape) > 0.5
