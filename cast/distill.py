@@ -56,7 +56,10 @@ class TeacherTargets(NamedTuple):
 
 def _cross(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """sum over positions of sum_x p(x) log q(x), one dot product per sequence: no (B, L, V)
-    temporary (each is ~33 MB in the default; a fresh one costs page faults on CPU)."""
+    temporary (each is ~33 MB in the default; a fresh one costs page faults on CPU). The KL is
+    then a difference of two such sums, which in fp32 resolves it to ~1e-6 nats per token (a KL
+    below that logs as ~0); the loss's gradient does not use it."""
+    p = p.to(log_q.dtype)  # e.g. an fp32 teacher for an fp64 student
     return sum(torch.dot(p[b].flatten(), log_q[b].flatten()) for b in range(p.shape[0]))
 
 
@@ -122,7 +125,8 @@ def distill_loss(student_logits, teacher_logits, input_ids, eta: float, temperat
     if eta == 0 or (teacher_logits is None and targets is None):
         ce = causal_ce(student_logits, input_ids)
         return ce, ce, None
-    if targets is None:
-        targets = targets_from_logits_(teacher_logits.detach().clone(), temperature)
+    if targets is None:  # the caller keeps its logits: work on a copy (the fp32 upcast is one)
+        z = _upcast(teacher_logits.detach())
+        targets = targets_from_logits_(z.clone() if z.data_ptr() == teacher_logits.data_ptr() else z, temperature)
     loss, ce, kl = _DistillLoss.apply(student_logits, targets.probs, targets.neg_entropy, input_ids, eta, temperature)
     return loss, ce.detach(), kl.detach()

@@ -199,3 +199,7 @@ def test_teacher_targets_are_plain_constants_and_match_the_logits_path(temperatu
     assert torch.equal(logits, kept)  # teacher logits passed in are not overwritten
     for a, b in zip(distill_loss(z, None, ids, 0.4, temperature, targets=tt), want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # an fp32 teacher for an fp64 student: computed in the student's precision
+    mixed = distill_loss(z, logits.float(), ids, 0.4, temperature)
+    for a, b in zip(mixed, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

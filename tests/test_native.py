@@ -35,14 +35,15 @@ def test_built_once_then_loaded_from_the_cache(fresh, monkeypatch):
     real = native._compiler()
     if real is None:
         pytest.skip("no C compiler here")
-    cc, log = _counting_cc(fresh, real)
+    cc, log = _counting_cc(fresh, real[0])
     monkeypatch.setenv("CC", str(cc))
     assert native.available()
     built = sorted((fresh / "cache" / "native").glob("nm_mask-*.so"))
-    assert len(built) == 1 and log.read_text().count("x") == 1
+    calls = log.read_text().count("x")  # one per flag set tried until one built
+    assert len(built) == 1 and calls >= 1
     assert not list((fresh / "cache" / "native").glob(".*tmp"))  # no temporary left behind
     native._library.cache_clear()  # a new process: loads, does not rebuild
-    assert native.available() and log.read_text().count("x") == 1
+    assert native.available() and log.read_text().count("x") == calls
     w = torch.randn(64, 256)
     new, flips = fused.refresh_mask(w, None, 2, 4)
     assert torch.equal(new, nm_mask(w, 2, 4)) and int(flips) == w.numel() // 2  # against no mask: the kept
@@ -69,6 +70,42 @@ def test_a_failing_compiler_is_reported_and_nothing_half_built_is_loaded(fresh, 
     with pytest.warns(UserWarning, match="could not build nm_mask.c"):
         assert not native.available()
     assert not list((fresh / "cache" / "native").iterdir())
+
+
+def test_cc_may_carry_words(fresh, monkeypatch):
+    real = native._compiler()
+    if real is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("CC", f"env {real[0]}")  # a launcher word in front, as "ccache gcc"
+    assert native._compiler() == ["env", real[0]]
+    assert native.available()
+
+
+def test_a_read_only_cache_builds_elsewhere(fresh):
+    if native._compiler() is None:
+        pytest.skip("no C compiler here")
+    ro = fresh / "cache" / "native"
+    ro.mkdir(parents=True)
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        assert native.available()
+        assert not list(ro.iterdir())
+    finally:
+        ro.chmod(0o755)
+
+
+def test_fp32_cpu_tensors_go_to_the_c_kernel(fresh, monkeypatch):
+    if not native.available():
+        pytest.skip("no C compiler here")
+    calls = []
+    real = native.nm_mask_
+    monkeypatch.setattr(native, "nm_mask_", lambda p, *a: calls.append(tuple(p.shape)) or real(p, *a))
+    ws = [torch.randn(8, 16), torch.randn(16, 8, dtype=torch.float64), torch.randn(12, 4)]
+    out = fused.refresh_masks(ws, [None] * 3, 2, 4)
+    assert calls == [(8, 16), (12, 4)]
+    assert all(o is None or torch.equal(o[0], nm_mask(w, 2, 4)) for o, w in zip(out, ws))
 
 
 def test_switched_off_by_environment(fresh, monkeypatch):

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +27,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from ..sparsity import SparsityError
 
 SOURCE = Path(__file__).with_name("nm_mask.c")
 # tried in order: the first that builds is used
@@ -37,11 +40,12 @@ def cache_dir() -> Path:
     return Path(root) / "native"
 
 
-def _compiler() -> str | None:
-    cc = os.environ.get("CC")
+def _compiler() -> list[str] | None:
+    """The compiler command: $CC (which may carry words, e.g. "ccache gcc"), else cc/gcc/clang."""
+    cc = shlex.split(os.environ.get("CC", ""))
     if cc:
-        return shutil.which(cc)
-    return next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
+        return cc if shutil.which(cc[0]) else None
+    return next(([p] for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
 
 
 def _cpu_features() -> str:
@@ -55,10 +59,16 @@ def _cpu_features() -> str:
     return platform.processor()
 
 
-def _build(cc: str, flags: list[str], out: Path) -> bool:
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+def _build(cc: list[str], flags: list[str], out: Path) -> bool:
+    """Compile into a unique temporary name next to `out`, then rename: atomic, also for jobs on
+    several hosts sharing one cache."""
     try:
-        r = subprocess.run([cc, *flags, "-shared", "-fPIC", str(SOURCE), "-o", str(tmp)],
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError:
+        return False
+    os.close(fd)
+    try:
+        r = subprocess.run([*cc, *flags, "-shared", "-fPIC", str(SOURCE), "-o", tmp],
                            capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
             return False
@@ -67,7 +77,19 @@ def _build(cc: str, flags: list[str], out: Path) -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     finally:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _writable_cache() -> Path:
+    """cache_dir(), or a private temporary folder (once per process) if it cannot be written."""
+    d = cache_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        if os.access(d, os.W_OK | os.X_OK):
+            return d
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="cast-native-"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,15 +101,14 @@ def _library():
     if cc is None:
         warnings.warn("no C compiler found ($CC, cc, gcc, clang): the N:M mask refresh uses torch.compile", stacklevel=3)
         return None
-    src = SOURCE.read_bytes()
+    src, folder = SOURCE.read_bytes(), None
     for flags in FLAG_SETS:
-        key = hashlib.sha256(b"\0".join([src, cc.encode(), " ".join(flags).encode(), _cpu_features().encode(),
-                                         platform.machine().encode()])).hexdigest()[:16]
+        key = hashlib.sha256(b"\0".join([src, " ".join(cc).encode(), " ".join(flags).encode(),
+                                         _cpu_features().encode(), platform.machine().encode()])).hexdigest()[:16]
         path = cache_dir() / f"nm_mask-{key}.so"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:  # an unwritable cache: build into a private temporary folder
-            path = Path(tempfile.mkdtemp(prefix="cast-native-")) / path.name
+        if not path.exists():  # (a read-only cache may still hold a build from elsewhere)
+            folder = folder or _writable_cache()
+            path = folder / path.name
         if path.exists() or _build(cc, flags, path):
             try:
                 lib = ctypes.CDLL(str(path))
@@ -97,7 +118,8 @@ def _library():
             fn.restype = ctypes.c_int64
             fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_int]
             return fn
-    warnings.warn(f"could not build {SOURCE.name} with {cc}: the N:M mask refresh uses torch.compile", stacklevel=3)
+    warnings.warn(f"could not build {SOURCE.name} with {' '.join(cc)}: the N:M mask refresh uses torch.compile",
+                  stacklevel=3)
     return None
 
 
@@ -113,5 +135,7 @@ def nm_mask_(p: torch.Tensor, old: torch.Tensor, out: torch.Tensor, n: int, m: i
     """Eq. 6 into `out` (bool, p's shape, contiguous) for a 2-D fp32 CPU tensor p; returns the
     number of entries where `out` differs from `old` (bool, contiguous). Caller checks supports(p)."""
     rows, cols = p.shape
+    if (cols if input_dim in (-1, 1) else rows) % m:
+        raise SparsityError(f"input size {cols if input_dim in (-1, 1) else rows} is not divisible by M={m}")
     a, b = (rows * cols // m, 1) if input_dim in (-1, 1) else (rows // m, cols)
     return _library()(p.data_ptr(), old.data_ptr(), out.data_ptr(), a, m, b, n, torch.get_num_threads())
