@@ -222,6 +222,18 @@ def load_config(path: str | Path) -> dict:
     return resolve_config(raw)
 
 
+# keys that change how a job runs, never what it computes: fingerprints leave them out, so that
+# changing them neither reruns finished jobs nor makes their checkpoints unusable
+RUNTIME_ONLY = {"train": ("malloc", "checkpoint_every"), "teacher": ("checkpoint_every",),
+                "finetune": ("checkpoint_every",)}
+
+
+def result_section(cfg: dict, key: str):
+    """cfg[key] without its RUNTIME_ONLY keys: what a fingerprint of that section should see."""
+    drop = RUNTIME_ONLY.get(key, ())
+    return {k: v for k, v in cfg[key].items() if k not in drop} if drop else cfg[key]
+
+
 def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from cast.config import ConfigError, lambda_for_budget, parse_tokens, resolve_config
+from cast.config import ConfigError, config_hash, lambda_for_budget, parse_tokens, resolve_config, result_section
 
 from pathlib import Path
 
@@ -137,3 +137,20 @@ def test_method_sizes_restrict_the_dag(tmp_path, micro_raw):
     assert {"xs/magnitude/0", "s/magnitude/0"} <= every
     raw["run"]["method_sizes"] = {"magnitude": ["s"]}
     assert every - planned(raw) == {"xs/magnitude/0"}
+
+
+def test_runtime_only_keys_leave_fingerprints_alone(micro_cfg):
+    """train.malloc and checkpoint_every change how a job runs, not its result: no rerun, and its
+    checkpoints stay usable; a key that changes the result changes the fingerprint."""
+    def fp(cfg):
+        return config_hash({k: result_section(cfg, k) for k in ("train", "teacher", "finetune", "sparsity")})
+
+    base = fp(micro_cfg)
+    for section, key, value in [("train", "malloc", "system"), ("train", "checkpoint_every", 7),
+                                ("teacher", "checkpoint_every", 3), ("finetune", "checkpoint_every", 5)]:
+        cfg = copy.deepcopy(micro_cfg)
+        cfg[section][key] = value
+        assert fp(cfg) == base, (section, key)
+    cfg = copy.deepcopy(micro_cfg)
+    cfg["train"]["lr"] *= 2
+    assert fp(cfg) != base

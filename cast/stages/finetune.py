@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import downstream as DS
-from ..config import ConfigError, config_hash, parse_tokens, results_dir
+from ..config import ConfigError, config_hash, parse_tokens, result_section, results_dir
 from ..distill import distill_loss, teacher_targets
 from ..frozen_mask import freeze_zeros, revived
 from ..io import atomic_dir
@@ -113,7 +113,7 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, dataset: str, ou
 
     log = (lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None
     ckpt = out_dir / ".ckpt"
-    fingerprint = config_hash({"finetune": ft, "seed": cfg["seed"], "model": str(Path(model_dir).resolve()), "dataset": dataset})
+    fingerprint = config_hash({"finetune": result_section(cfg, "finetune"), "seed": cfg["seed"], "model": str(Path(model_dir).resolve()), "dataset": dataset})
     last = train(model, wrapped, sched, sampler, steps, loss_fn, accelerator=acc, grad_clip=ft["grad_clip"],
                  ckpt_dir=ckpt, ckpt_every=ft["checkpoint_every"], log_every=cfg["train"]["log_every"],
                  on_log=log, stats_fn=stats, desc=f"finetune {dataset}", fingerprint=fingerprint)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .. import methods
-from ..config import config_hash, method_config, parse_tokens
+from ..config import config_hash, method_config, parse_tokens, result_section
 from ..io import write_json
 from ..models import save_model
 from ..sparsity import SparsityError, check_model, find_targets
@@ -33,8 +33,8 @@ def run(cfg: dict, size: str, method: str, budget, teacher_dir: str | Path, data
     if kind == "train":
         tdtype = getattr(torch, cfg["train"]["teacher_dtype"])
         teacher = copy.deepcopy(model).to(dtype=tdtype, device=acc.device).eval().requires_grad_(False)
-        fingerprint = config_hash({k: cfg[k] for k in ("train", "sparsity", "lambda_rule", "seed")} |
-                                  {"method": mcfg, "model": cfg["models"][size], "budget": tokens_budget})
+        fingerprint = config_hash({k: result_section(cfg, k) for k in ("train", "sparsity", "lambda_rule")} |
+                                  {"seed": cfg["seed"], "method": mcfg, "model": cfg["models"][size], "budget": tokens_budget})
         kw = dict(teacher=teacher, tokens=train_tokens(data_dir), budget=tokens_budget, fingerprint=fingerprint,
                   ckpt_dir=out_dir / ".ckpt", lr=cfg["models"][size].get("lr"))
     else:

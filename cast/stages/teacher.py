@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import config_hash, parse_tokens
+from ..config import config_hash, parse_tokens, result_section
 from ..distill import causal_ce
 from ..models import build_llama, load_model, non_embedding_params, save_model
 from ..train import BlockSampler, make_scheduler, steps_for_budget, train
@@ -48,7 +48,7 @@ def run(cfg: dict, size: str, data_dir: str | Path, out_dir: str | Path, tracker
     ckpt = out_dir.parent / ".ckpt_teacher"
     last = train(model, opt, sched, sampler, steps, loss_fn, accelerator=acc, grad_clip=tcfg["grad_clip"],
                  ckpt_dir=ckpt, ckpt_every=tcfg["checkpoint_every"], on_log=log, desc=f"teacher {size}",
-                 fingerprint=config_hash({"model": spec, "teacher": tcfg, "seed": cfg["seed"]}))
+                 fingerprint=config_hash({"model": spec, "teacher": result_section(cfg, "teacher"), "seed": cfg["seed"]}))
     model = acc.unwrap_model(model)
     if acc.is_main_process:
         save_model(model, tok, out_dir)

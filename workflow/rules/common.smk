@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # the repo root holds the cast package
-from cast.config import ConfigError, budget_label, config_hash, method_sizes, resolve_config
+from cast.config import ConfigError, budget_label, config_hash, method_sizes, resolve_config, result_section
 from cast.methods import KINDS
 from cast.stages.tables import parse_prefix
 
@@ -47,7 +47,7 @@ CONFIG_FILE = _write_resolved_config()
 
 def section_hash(*keys, **extra):
     """Fingerprint of the config slices a job depends on: a rule reruns when these change."""
-    return config_hash({"sections": {k: CFG[k] for k in keys}, **extra})
+    return config_hash({"sections": {k: result_section(CFG, k) for k in keys}, **extra})
 
 
 def method_kind(method):
