@@ -12,6 +12,17 @@ class SparsityError(ValueError):
     pass
 
 
+def nm_groups(shape, m: int, input_dim: int = -1) -> tuple[int, int]:
+    """A 2-D weight's N:M groups as an (A, M, B) layout: element (a, i, b) at (a*M + i)*B + b,
+    a group being (a, 0..M-1, b). Groups along the last dim (nn.Linear): B = 1; along dim 0
+    (GPT-2's Conv1D, input_dim=0): B = the row length. Raises if M does not divide the inputs."""
+    rows, cols = shape
+    inputs = cols if input_dim in (-1, 1) else rows
+    if inputs % m:
+        raise SparsityError(f"input size {inputs} is not divisible by M={m}")
+    return (rows * cols // m, 1) if input_dim in (-1, 1) else (rows // m, cols)
+
+
 def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Eq. 6: keep the N largest |w| in every group of M consecutive inputs (last dim).
 
@@ -19,9 +30,7 @@ def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     (larger |w|, or equal |w| at a lower index), from the M(M-1)/2 pairwise comparisons done on
     whole columns at once; ranks < N are kept, so ties keep exactly N, lowest index first.
     """
-    rows, cols = w.shape
-    if cols % m:
-        raise SparsityError(f"input size {cols} is not divisible by M={m}")
+    nm_groups(w.shape, m)
     a = w.detach().abs().reshape(-1, m)  # (groups, M); a[:, i] are strided views, no transposed copies
     rank = torch.zeros_like(a, dtype=torch.uint8)
     for i in range(m):
@@ -29,7 +38,7 @@ def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
             i_wins = a[:, i] >= a[:, j]  # a tie goes to the lower index i
             rank[:, j] += i_wins
             rank[:, i] += ~i_wins
-    return (rank < n).reshape(rows, cols)
+    return (rank < n).reshape(w.shape)
 
 
 def nm_mask_reference(w: torch.Tensor, n: int, m: int) -> torch.Tensor:

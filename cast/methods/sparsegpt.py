@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..sparsity import nm_groups
+
 
 class Hessian:
     """H = 2 X X^T / n over the n calibration tokens (SparseGPT Sec. 3, layer-wise squared error)."""
@@ -51,8 +53,7 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, n: int, m: int, percdamp: 
     pruning; each column's pruning error err = (w - q)/U_jj is then spread onto the later columns
     (W[:, j:] -= err U_j,j:), inside the block at once and onto the columns after it in one matmul."""
     rows, cols = w.shape
-    if cols % m:
-        raise ValueError(f"input size {cols} is not divisible by M={m}")
+    nm_groups(w.shape, m)  # M divides the inputs (SparsityError, a ValueError, otherwise)
     if blocksize % m:
         raise ValueError(f"blocksize {blocksize} is not a multiple of M={m}")
     W = w.detach().double().clone()

@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from ..sparsity import SparsityError
+from ..sparsity import nm_groups
 from . import native
 
 # layout of `s`, filled once per group and step; scalar arithmetic stays in Python doubles, as in
@@ -212,17 +212,13 @@ def refresh_masks(ps: list, olds: list, n: int, m: int, input_dim: int = -1) -> 
     for i, (p, old) in enumerate(zip(ps, olds)):
         if p.dim() != 2 or not p.is_contiguous():
             continue
-        rows, cols = p.shape
-        inputs = cols if input_dim in (-1, 1) else rows
-        if inputs % m:
-            raise SparsityError(f"input size {inputs} is not divisible by M={m}")
+        a, b = nm_groups(p.shape, m, input_dim)  # raises before any work if M does not divide
         old = torch.zeros_like(p, dtype=torch.bool) if old is None else old.contiguous()
         if native.supports(p):
             new = torch.empty_like(p, dtype=torch.bool)
             out[i] = (new, native.nm_mask_(p.detach(), old, new, n, m, input_dim))
-        elif available():
-            shape = (-1, m, 1) if input_dim in (-1, 1) else (rows // m, m, cols)  # groups along dim 1
-            ready.append((i, p.view(shape).detach(), old.view(shape).detach()))
+        elif available():  # the compiled kernel's groups run along dim 1 of the (A, M, B) view
+            ready.append((i, p.view(a, m, b).detach(), old.view(a, m, b).detach()))
     for chunk in _chunks(ready, lambda item: (ps[item[0]].shape, item[1].dtype, item[1].device)):
         idx, views, old_views = zip(*chunk)
         res = _run("mask", list(views), list(old_views), n)

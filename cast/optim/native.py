@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..sparsity import SparsityError
+from ..sparsity import nm_groups
 
 SOURCE = Path(__file__).with_name("nm_mask.c")
 # tried in order: the first that builds is used
@@ -102,9 +102,9 @@ def _library():
         warnings.warn("no C compiler found ($CC, cc, gcc, clang): the N:M mask refresh uses torch.compile", stacklevel=3)
         return None
     src, folder = SOURCE.read_bytes(), None
+    where = [_cpu_features().encode(), platform.machine().encode()]
     for flags in FLAG_SETS:
-        key = hashlib.sha256(b"\0".join([src, " ".join(cc).encode(), " ".join(flags).encode(),
-                                         _cpu_features().encode(), platform.machine().encode()])).hexdigest()[:16]
+        key = hashlib.sha256(b"\0".join([src, " ".join(cc).encode(), " ".join(flags).encode(), *where])).hexdigest()[:16]
         path = cache_dir() / f"nm_mask-{key}.so"
         if not path.exists():  # (a read-only cache may still hold a build from elsewhere)
             folder = folder or _writable_cache()
@@ -134,8 +134,5 @@ def supports(p: torch.Tensor) -> bool:
 def nm_mask_(p: torch.Tensor, old: torch.Tensor, out: torch.Tensor, n: int, m: int, input_dim: int) -> int:
     """Eq. 6 into `out` (bool, p's shape, contiguous) for a 2-D fp32 CPU tensor p; returns the
     number of entries where `out` differs from `old` (bool, contiguous). Caller checks supports(p)."""
-    rows, cols = p.shape
-    if (cols if input_dim in (-1, 1) else rows) % m:
-        raise SparsityError(f"input size {cols if input_dim in (-1, 1) else rows} is not divisible by M={m}")
-    a, b = (rows * cols // m, 1) if input_dim in (-1, 1) else (rows // m, cols)
+    a, b = nm_groups(p.shape, m, input_dim)
     return _library()(p.data_ptr(), old.data_ptr(), out.data_ptr(), a, m, b, n, torch.get_num_threads())
