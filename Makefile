@@ -28,6 +28,8 @@ reproduce: install
 	$(BIN)/snakemake --cores 1 --snakefile Snakefile --configfile config/config.yaml --report results/report/snakemake_report.html
 
 test: install
+	$(BIN)/ruff check cast tests benchmarks
+	$(BIN)/snakemake --lint --snakefile Snakefile --configfile config/test.yaml
 	$(BIN)/python -m pytest -q tests
 
 bench: install

@@ -1,17 +1,17 @@
-# cast: dense teacher -> sparse training (CAST and baselines) -> evaluation -> tables.
-# Thin on purpose: config, validation and helpers live in workflow/rules/common.smk.
+# cast: dense teacher -> sparse training (CAST and baselines) -> quantization, fine-tuning ->
+# evaluation -> tables, scaling-law fit, report. Thin on purpose: the config (the embedded default
+# config/config.yaml unless --configfile names one; never a merge of the two), its validation and
+# the helpers live in workflow/rules/common.smk.
 from snakemake.utils import min_version
 
 min_version("9.0")
-
-
-configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/mlflow.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/sparsify.smk"
@@ -27,3 +27,4 @@ rule all:
     input:
         all_targets(),
     default_target: True
+    localrule: True

@@ -99,8 +99,8 @@ def bench_steps(device, reps, impl, teacher_dtype):
     from cast.methods.cast_train import param_groups
     from cast.models import build_llama
     from cast.optim.adams import AdamS
-    from cast.scaling import attach_scales
     from cast.sparsity import find_targets
+    from cast.weight_scaling import attach_scales
 
     spec = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 352}
     ids = torch.randint(0, 4096, (16, 128), device=device)

@@ -6,7 +6,7 @@ Small public API (imported lazily: Snakemake parses `cast.config` on every job w
 """
 from importlib import import_module
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _API = {
     "AdamS": "cast.optim.adams",
@@ -15,10 +15,10 @@ _API = {
     "find_targets": "cast.sparsity",
     "check_model": "cast.sparsity",
     "hard_prune_": "cast.sparsity",
-    "attach_scales": "cast.scaling",
-    "fold_": "cast.scaling",
+    "attach_scales": "cast.weight_scaling",
+    "fold_": "cast.weight_scaling",
     "distill_loss": "cast.distill",
-    "perplexity": "cast.evaluate",
+    "perplexity": "cast.perplexity",
 }
 
 

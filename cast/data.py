@@ -108,7 +108,8 @@ def load_corpus(dcfg: dict) -> dict[str, list[dict]]:
             try:
                 dd = datasets.load_dataset(hf["path"], hf["name"])
             except Exception as e:  # noqa: BLE001 - name the dataset in one line
-                raise InputError(f"cannot load dataset data.hf.path={hf['path']!r} (name={hf['name']!r}): {type(e).__name__}: {str(e).splitlines()[0]}") from None
+                raise InputError(f"cannot load dataset data.hf.path={hf['path']!r} (name={hf['name']!r}): "
+                                 f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
             where = f"dataset {hf['path']}"
             named = {"train": hf["train_split"], "validation": hf["validation_split"], "test": hf["test_split"]}
             if all(s in dd for s in named.values() if s):

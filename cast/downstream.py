@@ -3,35 +3,11 @@ dataset or local files (plain text, or prompt/response pairs joined), split trai
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError
 from .data import _local_loader, encode_joined, encode_stream, news_articles
 from .io import InputError
-
-
-def check_finetune_config(cfg: dict) -> None:
-    """Cross-field rules of `finetune` a JSON schema cannot express (the message names the key)."""
-    ft = cfg["finetune"]
-    for name, d in ft["datasets"].items():
-        key = f"finetune.datasets.{name}"
-        if d["source"] == "hf" and not d["path"]:
-            raise ConfigError(f"config key '{key}.path': required when source is 'hf'")
-        if d["source"] == "files":
-            if not d["files"]:
-                raise ConfigError(f"config key '{key}.files': required (non-empty) when source is 'files'")
-            for i, f in enumerate(d["files"]):
-                if not Path(f).exists():
-                    raise ConfigError(f"config key '{key}.files.{i}': file not found: {f}")
-        if bool(d["prompt_column"]) != bool(d["response_column"]):
-            raise ConfigError(f"config key '{key}.response_column': prompt_column and response_column go together")
-    if ft["eta"] > 0 and not ft["teacher"]:
-        raise ConfigError("config key 'finetune.teacher': distillation (finetune.eta > 0) needs a teacher")
-    for name, m in cfg["models"].items():
-        if ft["seqlen"] > m.get("max_position_embeddings", ft["seqlen"]):
-            raise ConfigError(f"config key 'finetune.seqlen': {ft['seqlen']} exceeds models.{name}.max_position_embeddings")
 
 
 def _rows_to_texts(rows: dict, d: dict, where: str) -> list[str]:

@@ -8,9 +8,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import InputError
 
-class InputError(ValueError):
-    """A missing or corrupt input file; the message names the path."""
+__all__ = ["InputError", "write_json", "read_json", "atomic_dir"]
 
 
 def _modes() -> tuple[int, int]:

@@ -19,8 +19,8 @@ percentile intervals. Pure functions: no file I/O, no MLflow.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy.optimize import least_squares, lsq_linear

@@ -1,15 +1,19 @@
-"""N:M masks (paper Eq. 6), target selection, hard pruning and the N:M checker."""
+"""N:M sparsity bookkeeping, in one place: masks (paper Eq. 6), which axis of a weight holds the
+inputs (decided once, robust to parametrizations and wrappers), target selection, hard pruning to
++0.0, and the two checks every stage uses (exactly N:M; zeros stay zero)."""
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
+from .errors import SparsityError
 
-class SparsityError(ValueError):
-    pass
+__all__ = ["SparsityError", "nm_mask", "param_mask", "input_dim_of", "find_targets", "weight_of", "weight_matrix",
+           "set_weight_matrix", "check_model", "assert_exact_nm", "keep_masks", "revived", "assert_zeros_kept",
+           "nm_status", "hard_prune_", "attach_ste_masks"]
 
 
 def nm_groups(shape, m: int, input_dim: int = -1) -> tuple[int, int]:
@@ -56,13 +60,19 @@ def param_mask(p: torch.Tensor, n: int, m: int, input_dim: int = -1) -> torch.Te
     return nm_mask(p.t(), n, m).t()
 
 
+def _is_conv1d(module: nn.Module) -> bool:
+    """HF's Conv1D (GPT-2), also as the dynamic subclass a parametrization (ParametrizedConv1D) or
+    FSDP2 (FSDPConv1D) makes of it: decided on the class hierarchy, never on the class name."""
+    return any(k.__name__ == "Conv1D" and k.__module__.startswith("transformers") for k in type(module).__mro__)
+
+
 def input_dim_of(module: nn.Module) -> int:
     """Axis of the weight that indexes inputs: nn.Linear (out, in) -> 1; HF Conv1D (in, out) -> 0."""
-    return 0 if type(module).__name__ == "Conv1D" else 1
+    return 0 if _is_conv1d(module) else 1
 
 
 def is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+    return isinstance(module, nn.Linear) or _is_conv1d(module)
 
 
 def find_targets(model: nn.Module, patterns: Iterable[str], exclude: Iterable[str] = (), m: int | None = None) -> dict[str, nn.Module]:
@@ -89,10 +99,23 @@ def find_targets(model: nn.Module, patterns: Iterable[str], exclude: Iterable[st
 
 
 def weight_of(module: nn.Module) -> torch.Tensor:
-    """The raw (unscaled) weight: the parametrization's original if weight scaling is attached."""
+    """The raw (unscaled) weight: the parametrization's original if one is attached."""
     if hasattr(module, "parametrizations") and "weight" in module.parametrizations:
         return module.parametrizations.weight.original
     return module.weight
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The raw weight as (outputs, inputs), whatever the module's layout (a view, no copy)."""
+    w = weight_of(module)
+    return w if input_dim_of(module) == 1 else w.t()
+
+
+@torch.no_grad()
+def set_weight_matrix(module: nn.Module, w2d: torch.Tensor) -> None:
+    """Write an (outputs, inputs) matrix into the module's weight, in its own layout and dtype."""
+    w = weight_of(module)
+    w.copy_((w2d if input_dim_of(module) == 1 else w2d.t()).to(w.dtype))
 
 
 def count_violations(w: torch.Tensor, n: int, m: int, input_dim: int = 1) -> int:
@@ -102,18 +125,55 @@ def count_violations(w: torch.Tensor, n: int, m: int, input_dim: int = 1) -> int
     return int((nz > n).sum())
 
 
-def check_model(model: nn.Module, targets: dict[str, nn.Module], n: int, m: int) -> dict[str, int]:
+def check_model(model: nn.Module | None, targets: dict[str, nn.Module], n: int, m: int) -> dict[str, int]:
     """Violations per target (all zeros for an exact N:M model)."""
     return {name: count_violations(weight_of(mod), n, m, input_dim_of(mod)) for name, mod in targets.items()}
 
 
+def assert_exact_nm(targets: dict[str, nn.Module], n: int, m: int, what: str) -> None:
+    """Raise SparsityError unless every target is exactly N:M (at most N non-zeros per M inputs)."""
+    bad = {k: v for k, v in check_model(None, targets, n, m).items() if v}
+    if bad:
+        raise SparsityError(f"{what} is not exact {n}:{m}: violating groups per layer {bad}")
+
+
+def nm_status(targets: dict[str, nn.Module], n: int, m: int) -> tuple[bool, int]:
+    """(is the model exact N:M, violations); a target whose inputs M does not divide is not N:M."""
+    if any(weight_of(mod).shape[input_dim_of(mod)] % m for mod in targets.values()):
+        return False, -1
+    v = sum(check_model(None, targets, n, m).values())
+    return v == 0, v
+
+
+def keep_masks(targets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Where each target's weight is non-zero (True = kept, as N:M masks; the weight's own layout)."""
+    return {name: weight_of(mod).detach() != 0 for name, mod in targets.items()}
+
+
+def revived(targets: dict[str, nn.Module], keep: dict[str, torch.Tensor]) -> int:
+    """Entries that are non-zero where `keep` (keep_masks from before) says pruned."""
+    total = 0
+    for name, mod in targets.items():
+        w = weight_of(mod).detach()
+        total += int((w[~keep[name].to(w.device)] != 0).sum())
+    return total
+
+
+def assert_zeros_kept(targets: dict[str, nn.Module], keep: dict[str, torch.Tensor], what: str) -> None:
+    """Raise SparsityError if any weight that was zero (keep_masks from before) is not zero any more."""
+    lost = {name: r for name in targets if (r := revived({name: targets[name]}, keep))}
+    if lost:
+        raise SparsityError(f"{what} made pruned weights non-zero: revived entries per layer {lost}")
+
+
 @torch.no_grad()
 def hard_prune_(targets: dict[str, nn.Module], n: int, m: int, masks: dict[str, torch.Tensor] | None = None) -> None:
-    """W <- W * M (Alg. 2 l.20), with the given masks or fresh magnitude masks."""
+    """W <- W * M (Alg. 2 l.20), with the given masks or fresh magnitude masks. Pruned entries become
+    +0.0 bit for bit (a product would leave -0.0 under negative weights, which 2:4 packers reject)."""
     for name, mod in targets.items():
         w = weight_of(mod)
         mask = masks[name] if masks is not None else param_mask(w, n, m, input_dim_of(mod))
-        w.mul_(mask.to(w.dtype))
+        w.copy_(torch.where(mask.to(w.device), w, torch.zeros((), dtype=w.dtype, device=w.device)))
 
 
 class MaskedSTE(nn.Module):

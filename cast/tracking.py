@@ -66,7 +66,7 @@ def init_store(cfg: dict) -> str:
     return exp.experiment_id
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reachable(uri: str, timeout: float = 5.0) -> bool:
     """Whether an http(s) tracking server answers /health within timeout (file/sqlite stores: True).
     Probed first because MLflow's own client retries a dead server for minutes; probed once per

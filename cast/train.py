@@ -8,20 +8,19 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .data import blocks
+from .errors import TrainingDiverged
 from .io import atomic_dir
 
-
-class TrainingDiverged(RuntimeError):
-    pass
+__all__ = ["TrainingDiverged", "BlockSampler", "train", "steps_for_budget", "make_scheduler"]
 
 
 class BlockSampler:

@@ -1,7 +1,7 @@
 """Zero-shot evaluation through lm-eval: offline tasks built from the held-out test articles, and
 one `simple_evaluate` call per model for those and/or lm-eval's own (hub) tasks.
 
-Local tasks (templates in workflow/tasks/*.yaml, data written next to the filled-in copies):
+Local tasks (templates in cast/resources/tasks/*.yaml, data written next to the filled-in copies):
   cast_mc        HellaSwag-style: a few sentences of a test article and the start of the next one;
                  choices = its true next words vs the endings of items from OTHER test articles of
                  similar length (acc, acc_norm, acc_mutual_info; see mc_items).
@@ -20,10 +20,11 @@ import random
 import re
 from pathlib import Path
 
-from .config import REPO_ROOT, ConfigError
+from .config import PACKAGE_DIR
+from .errors import ConfigError
 from .tracking import sanitize
 
-TEMPLATE_DIR = REPO_ROOT / "workflow" / "tasks"
+TEMPLATE_DIR = PACKAGE_DIR / "resources" / "tasks"
 PLACEHOLDER = "@DATA_DIR@"
 LOCAL_GROUP = "cast_zs"
 LOCAL_TASKS = ("cast_mc", "cast_lastword", "cast_ppl")
@@ -57,6 +58,44 @@ def resolve_task_names(spec: str | list[str]) -> list[str]:
 def needs_local(names: list[str]) -> bool:
     """Whether any name is one of the generated tasks (then the `tasks` stage output is needed)."""
     return any(n == LOCAL_GROUP or n.startswith("cast_") for n in names)
+
+
+def _builtin_names_scan() -> set[str]:
+    """task/group/tag names declared in lm-eval's bundled task YAML files: a 1 s text scan instead of
+    TaskManager's 6 s index (which confirms any name this scan misses before we reject it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or spec.origin is None:
+        return set()
+    names, line = set(), re.compile(r"^(?:task|group|tag):[ \t]*(.*)$", re.M)
+    for path in (Path(spec.origin).parent / "tasks").rglob("*.yaml"):
+        for value in line.findall(path.read_text(errors="replace")):
+            names.update(v.strip(" '\"") for v in value.strip("[] ").split(",") if v.strip(" '\""))
+    return names
+
+
+def check_task_names(spec) -> list[str]:
+    """Config-time check of `zeroshot.tasks`: every name is a set name, one of the generated local
+    tasks, or a task/group/tag lm-eval knows. Raises ConfigError naming the key, with close matches."""
+    names = resolve_task_names(spec)
+    local = {LOCAL_GROUP, *LOCAL_TASKS}
+    bad_local = [n for n in names if needs_local([n]) and n not in local]
+    if bad_local:
+        import difflib
+
+        hint = "; ".join(f"{t!r}: did you mean {', '.join(h)}?" for t in bad_local
+                         if (h := difflib.get_close_matches(t, sorted(local), n=2)))
+        raise ConfigError(f"config key 'zeroshot.tasks': unknown local task(s) {', '.join(map(repr, bad_local))}; "
+                          f"the generated ones are {', '.join(sorted(local))}; set names: {', '.join(TASK_SETS)}"
+                          + (f". {hint}" if hint else ""))
+    other = [n for n in names if not needs_local([n])]
+    if other and not set(other) <= _builtin_names_scan():
+        tm = _index(None, True)  # the real index, so a name the scan misses is never rejected wrongly
+        missing = [t for t in other if t not in tm.all_tasks]
+        if missing:
+            raise _unknown(missing, None, [], tm.all_tasks)
+    return names
 
 
 # ---------------------------------------------------------------- task data

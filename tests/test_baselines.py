@@ -4,16 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_llama
 
 from cast.config import load_schema
+from cast.hessian import Hessian
+from cast.layerwise import calibration_windows, capture_layer_inputs, decoder_layers, run_layerwise
 from cast.methods import get, kind_of
-from cast.methods.calibration import calibration_windows
-from cast.methods.layerwise import capture_layer_inputs, decoder_layers, prune_layerwise
-from cast.methods.sparsegpt import Hessian, sparsegpt_prune
+from cast.methods.sparsegpt import sparsegpt_prune
 from cast.methods.wanda import InputNorms, wanda_mask, wanda_scores
 from cast.sparsity import SparsityError, check_model, count_violations, find_targets, nm_mask
-
-from conftest import tiny_llama
 
 _SPARSITY = load_schema()["properties"]["sparsity"]["properties"]
 TARGETS, EXCLUDE = _SPARSITY["targets"]["default"], _SPARSITY["exclude"]["default"]  # the schema defaults
@@ -170,7 +169,7 @@ def test_layerwise_llama_inputs_match_the_model():
         recs[name] = Recorder()
         return recs[name]
 
-    info = prune_layerwise(model, targets, ids, make, lambda _n, mod, _s: mod.weight.mul_(nm_mask(mod.weight, N, M)),
+    info = run_layerwise(model, targets, ids, make, lambda _n, mod, _s: mod.weight.mul_(nm_mask(mod.weight, N, M)),
                            batch_size=2)
     assert info == {"layers": 3, "calib_samples": 4, "calib_seqlen": 16}
     assert sum(check_model(model, targets, N, M).values()) == 0
@@ -184,7 +183,7 @@ def test_layerwise_rejects_targets_outside_layers():
     model = tiny_llama()
     targets = find_targets(model, TARGETS + ["lm_head"], ["embed"], M)
     with pytest.raises(SparsityError, match="outside the decoder layers.*lm_head"):
-        prune_layerwise(model, targets, torch.zeros(1, 8, dtype=torch.long), lambda *_: Recorder(), lambda *_: None)
+        run_layerwise(model, targets, torch.zeros(1, 8, dtype=torch.long), lambda *_: Recorder(), lambda *_: None)
 
 
 # -- registered methods ---------------------------------------------------------------------------
@@ -196,7 +195,7 @@ def test_methods_exact_nm_and_model_runs(build, method):
     cfg, mcfg = cfg_and_mcfg()
     targets = find_targets(model, cfg["sparsity"]["targets"], cfg["sparsity"]["exclude"], M)
     dense = {k: mod.weight.detach().clone() for k, mod in targets.items()}
-    get(method)(model, targets, cfg, mcfg, method=method, accelerator=None, tracker=None, tokens=stream())
+    get(method).load()(model, targets, cfg, mcfg, method=method, accelerator=None, tracker=None, tokens=stream())
     assert sum(check_model(model, targets, N, M).values()) == 0
     for k, mod in targets.items():
         w = mod.weight.detach()
@@ -215,10 +214,10 @@ def test_method_config_errors_name_the_key():
     cfg, mcfg = cfg_and_mcfg(blocksize=6)
     targets = find_targets(model, TARGETS, EXCLUDE, M)
     with pytest.raises(ValueError, match="'methods.sgpt.blocksize'"):
-        get("sparsegpt")(model, targets, cfg, mcfg, method="sgpt", tokens=stream())
+        get("sparsegpt").load()(model, targets, cfg, mcfg, method="sgpt", tokens=stream())
     cfg, mcfg = cfg_and_mcfg(seqlen=128)  # tiny_llama: max_position_embeddings 64
     with pytest.raises(ValueError, match="'train.seqlen'.*calib_seqlen is null"):
-        get("wanda")(model, targets, cfg, mcfg, method="wanda", tokens=stream())
+        get("wanda").load()(model, targets, cfg, mcfg, method="wanda", tokens=stream())
 
 
 def test_sparsify_stage_micro(micro_data, micro_teacher, tmp_path):

@@ -4,13 +4,13 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from cast.config import ConfigError, config_hash, lambda_for_budget, parse_tokens, resolve_config, result_section
-
-from pathlib import Path
+from cast.config import ConfigError, config_hash, lambda_for_budget, parse_tokens, resolve_config
+from cast.jobs import section as result_section
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,6 +70,57 @@ BAD = [  # (key path to set, bad value, text the one-line error must contain)
 ]
 
 
+# Rules that used to fail only inside a job (or never): all at config time now, so `snakemake -n` stops on them.
+CONFIG_TIME = [
+    ("finetune.datasets", {"web": {"source": "hf"}}, "finetune.datasets.web.path"),
+    ("finetune.datasets", {"qa": {"source": "files", "files": ["/nonexistent/qa.jsonl"]}}, "finetune.datasets.qa.files.0"),
+    ("finetune.datasets", {"qa": {"source": "gensim_news", "prompt_column": "q"}}, "finetune.datasets.qa.response_column"),
+    ("finetune.seqlen", 256, "finetune.seqlen"),  # beyond the presets' 128 positions
+    ("methods.sparsegpt.blocksize", 6, "methods.sparsegpt.blocksize"),
+    ("methods.sparsegpt.calib_seqlen", 512, "methods.sparsegpt.calib_seqlen"),
+    ("zeroshot.tasks", ["cast_mcq"], "zeroshot.tasks"),
+    ("quantize.sizes", ["m"], "quantize.sizes.0"),
+    ("finetune.sizes", ["xs", "m"], "finetune.sizes.1"),
+    ("scaling_law.method", "magnitude", "scaling_law.method"),
+    ("run.sweep_methods", ["cast", "magnitude"], "run.sweep_methods.1"),
+    ("train.processes", 3, "train.batch_size"),
+    ("train.grad_accum", 3, "train.grad_accum"),
+    ("methods.magnitude.lambda", 1e-3, "methods.magnitude"),
+    ("run.budgets", ["1e6", "1000k"], "run.budgets"),  # one token count twice
+    ("run.budgets", ["16 thousand"], "accepted forms"),
+]
+
+
+@pytest.mark.parametrize("path,value,needle", CONFIG_TIME, ids=[f"{p}={v!r}"[:40] for p, v, _ in CONFIG_TIME])
+def test_job_time_failures_are_config_time(micro_raw, path, value, needle):
+    raw = copy.deepcopy(micro_raw)
+    if path.startswith("methods.sparsegpt"):
+        raw["run"]["methods"].append("sparsegpt")
+    _set(raw, path, value)
+    with pytest.raises(ConfigError) as err:
+        resolve_config(raw)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_builtin_task_is_named_with_close_matches(micro_raw):
+    micro_raw["zeroshot"]["tasks"] = ["hellaswag", "arc_easyy"]
+    with pytest.raises(ConfigError, match=r"zeroshot.tasks.*'arc_easyy'.*did you mean arc_easy"):
+        resolve_config(micro_raw)
+
+
+def test_pretrained_checkpoint_is_not_trained(micro_raw, tmp_path, llama_factory):
+    from cast.models import save_model
+
+    save_model(llama_factory(), None, tmp_path / "ckpt")
+    micro_raw["models"]["xs"] = {"pretrained": str(tmp_path / "ckpt"), "tokens": "1M"}
+    with pytest.raises(ConfigError, match="models.xs.tokens"):
+        resolve_config(micro_raw)
+    del micro_raw["models"]["xs"]["tokens"]
+    micro_raw["finetune"]["seqlen"] = 65  # tiny_llama: 64 positions
+    with pytest.raises(ConfigError, match=r"finetune.seqlen.*65 exceeds max_position_embeddings=64 of models.xs"):
+        resolve_config(micro_raw)
+
+
 @pytest.mark.parametrize("path,value,needle", BAD, ids=[f"{p}={v!r}"[:40] for p, v, _ in BAD])
 def test_bad_config_names_the_key(micro_raw, path, value, needle):
     raw = copy.deepcopy(micro_raw)
@@ -85,7 +136,8 @@ def test_bad_config_names_the_key(micro_raw, path, value, needle):
 def test_defaults_filled_and_budgets(micro_cfg):
     assert micro_cfg["train"]["betas"] == [0.9, 0.999]
     assert micro_cfg["methods"]["cast"]["scaling_blocks"] == 2
-    assert micro_cfg["methods"]["magnitude"]["calib_samples"] == 128
+    assert micro_cfg["methods"]["sparsegpt"]["calib_samples"] == 16 and micro_cfg["methods"]["sparsegpt"]["blocksize"] == 128
+    assert micro_cfg["methods"]["magnitude"] == {"algorithm": "magnitude"}  # each method holds only its own keys
     assert parse_tokens("256k") == 256_000 and parse_tokens("1.5M") == 1_500_000 and parse_tokens(7) == 7
 
 
@@ -102,6 +154,8 @@ def test_lambda_rule_scales_with_budget(micro_raw):
     ("methods.cast.eta", 2.0, "methods.cast.eta"),
     ("run.sizes", ["xl"], "run.sizes.0"),
     ("data.files", ["/nonexistent/corpus.txt"], "data.files.0"),
+    ("finetune.seqlen", 256, "finetune.seqlen"),
+    ("zeroshot.tasks", ["cast_mcq"], "zeroshot.tasks"),
 ])
 def test_snakemake_stops_before_any_job(tmp_path, micro_raw, path, value, needle):
     raw = copy.deepcopy(micro_raw)

@@ -9,7 +9,6 @@ import yaml
 from safetensors.torch import load_file
 
 
-
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path, micro_data, micro_teacher):
     cfg, data = micro_data

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from cast.distill import causal_ce, distill_loss, kl_teacher_student
-from cast.evaluate import perplexity
+from cast.perplexity import perplexity
 
 
 def test_kl_equals_hand_computation_and_zero_for_identical():

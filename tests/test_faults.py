@@ -6,10 +6,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import yaml
+
+from cast.layout import Layout
 
 ENV = {**os.environ, "CAST_NO_TQDM": "1"}
 
@@ -30,7 +31,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path, micro_
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("cast teacher: error:")]
     assert len(lines) == 1 and "non-finite loss" in lines[0]
-    ckpt = out.parent / ".ckpt_teacher"
+    ckpt = Layout(raw["results_dir"]).checkpoint("xs/teacher")  # the results layout decides where
     assert f"last good checkpoint is kept in {ckpt}" in lines[0]
     assert not out.exists() and not (out.parent / "result.json").exists()
     step = json.loads((ckpt / "step.json").read_text())["step"]

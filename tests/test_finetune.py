@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cast.config import ConfigError
-from cast.frozen_mask import freeze_zeros, revived
-from cast.sparsity import check_model, find_targets, hard_prune_, weight_of
+from cast.frozen_mask import freeze_zeros
+from cast.sparsity import check_model, find_targets, hard_prune_, revived, weight_of
 
 TARGETS = [r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"]
 
@@ -87,15 +87,14 @@ def test_prompt_response_files_are_joined(tmp_path):
 
 
 def test_finetune_config_errors_name_the_key(micro_raw):
-    from cast.config import resolve_config
-    from cast.downstream import check_finetune_config
+    from cast.config import resolve_config  # the finetune rules run at config time now
 
     micro_raw["finetune"] = {"datasets": {"web": {"source": "hf"}}}
     with pytest.raises(ConfigError, match=r"finetune.datasets.web.path"):
-        check_finetune_config(resolve_config(micro_raw))
+        resolve_config(micro_raw)
     micro_raw["finetune"] = {"eta": 0.5, "teacher": None}
     with pytest.raises(ConfigError, match=r"'finetune.teacher'"):
-        check_finetune_config(resolve_config(micro_raw))
+        resolve_config(micro_raw)
 
 
 # -- the stage -----------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def test_mlflow_has_one_run_per_job_with_tags(micro_run):
     n_ft, n_q = 2, 4 * len(raw["quantize"]["schemes"])
     assert {k: len(v) for k, v in by_stage.items()} == {
         "data": 1, "tasks": 1, "downstream": 1, "teacher": n, "sparsify": 2 * n, "finetune": n_ft, "quantize": n_q,
-        "evaluate": 3 * n + n_ft + n_q, "table": 1, "fit": 1, "report": 1}
+        "evaluate": 3 * n + n_ft + n_q, "table": 1, "scaling_law": 1, "report": 1}
     for r in by_stage["sparsify"]:
         assert {"size", "method", "budget"} <= set(r.data.tags)
         if r.data.tags["method"] == "cast":
@@ -103,3 +103,21 @@ def test_second_run_does_nothing(micro_run):
     proc = _snakemake(work, cfgfile)
     assert proc.returncode == 0
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_grid_selection_reruns_no_finished_job(micro_run, tmp_path):
+    """Adding a size to finetune.sizes plans only the new fine-tunes (and the tables that list them):
+    no finished job is rerun or deleted."""
+    work, _, raw = micro_run
+    grown = {**raw, "finetune": {**raw["finetune"], "sizes": ["xs", "s"]}}
+    cfgfile = tmp_path / "grown.yaml"
+    cfgfile.write_text(yaml.safe_dump(grown))
+    proc = _snakemake(work, cfgfile, "-n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    R = work / raw["results_dir"]
+    outputs = [Path(p.rstrip(",")) for line in proc.stdout.splitlines() if line.strip().startswith("output:")
+               for p in line.split(":", 1)[1].split()]
+    redone = {p.relative_to(R).parts[0] for p in outputs if p.exists()}
+    assert redone <= {"tables", "report"}, redone  # only the summaries that list the new models
+    assert any("s/teacher/finetune/news" in str(p) for p in outputs)

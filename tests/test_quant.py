@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from cast.quant import (collect_linear_inputs, dequantize, gptq_quantize, quantize_targets, rtn_quantize,
-                        torchao_codes, weight_matrix)
+from cast.hessian import Hessian
+from cast.layerwise import run_layerwise
+from cast.quant import dequantize, gptq_quantize, quantize_targets, rtn_quantize, torchao_codes, weight_matrix
 from cast.sparsity import SparsityError, check_model, find_targets, hard_prune_, nm_mask
 
 TARGETS = [r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"]
@@ -58,10 +59,25 @@ def _layer_problem(rows=32, cols=64, n=512, sparse=False, seed=0):
     return lin, x, w
 
 
+def _hessian(batches):
+    """H of one layer accumulated batch by batch (cast.hessian)."""
+    h = Hessian(batches.shape[-1])
+    for x in batches:
+        h.add(x)
+    return h.value()
+
+
+def _layer_hessians(model, targets, ids):
+    """Every target's H from the shared layer-wise runner, changing nothing."""
+    out = {}
+    run_layerwise(model, targets, ids, lambda _n, mod: Hessian(weight_matrix(mod).shape[1]),
+                  lambda name, _mod, h: out.__setitem__(name, h.value()), sequential=False)
+    return out
+
+
 def test_collected_hessian_is_2xxt_over_n():
     lin, x, _ = _layer_problem(rows=4, cols=8, n=10)
-    model = nn.Sequential(lin)
-    H = collect_linear_inputs(model, {"0": lin}, x.reshape(5, 2, 8), batch_size=2)["0"]
+    H = _hessian(x.reshape(5, 2, 8))
     assert torch.allclose(H, 2 * x.double().t() @ x.double() / 10)
 
 
@@ -69,7 +85,7 @@ def test_collected_hessian_is_2xxt_over_n():
 @pytest.mark.parametrize("bits,group", [(4, None), (4, 32), (8, None)])
 def test_gptq_has_lower_output_error_than_rtn(sparse, bits, group):
     lin, x, w = _layer_problem(sparse=sparse)
-    H = collect_linear_inputs(nn.Sequential(lin), {"0": lin}, x.reshape(8, 64, -1))["0"]
+    H = _hessian(x.reshape(8, 64, -1))
     ref = x @ w.t()
 
     def out_err(q, s):
@@ -105,7 +121,7 @@ def _pruned_llama(llama_factory):
 def test_every_scheme_keeps_zeros_exactly(llama_factory, method, bits, group):
     model, targets = _pruned_llama(llama_factory)
     zeros = {n: weight_matrix(m) == 0 for n, m in targets.items()}
-    H = collect_linear_inputs(model, targets, torch.randint(0, 64, (4, 16))) if method == "gptq" else None
+    H = _layer_hessians(model, targets, torch.randint(0, 64, (4, 16))) if method == "gptq" else None
     states = quantize_targets(targets, method, bits, group, H, blocksize=16)
     assert sum(check_model(model, targets, 2, 4).values()) == 0
     for n, mod in targets.items():

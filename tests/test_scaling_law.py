@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
-import os
 import json
 import math
+import os
 import time
 
 import numpy as np
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cast.scaling_law import design_problem, fit_law, predict, LOSS_LAW
+from cast.scaling_law import LOSS_LAW, design_problem, fit_law, predict
 
 # 3 sizes x 4 budgets, the shape of the default sweep
 N_GRID = np.repeat([5.0e4, 3.0e5, 8.0e5], 4)
@@ -152,7 +152,7 @@ def store(tmp_path_factory):
 
 
 def test_reader_takes_the_newest_finished_run_per_point(store):
-    from cast.stages.fit import load_points
+    from cast.stages.scaling_law import load_points
 
     before = os.environ.get("MLFLOW_TRACKING_URI")
     pts = load_points(store)
@@ -168,7 +168,7 @@ def test_reader_takes_the_newest_finished_run_per_point(store):
 
 def test_reader_rejects_an_incomplete_grid(store):
     from cast.io import InputError
-    from cast.stages.fit import load_points
+    from cast.stages.scaling_law import load_points
 
     cfg = copy.deepcopy(store)
     cfg["run"]["budgets"] = BUDGETS + ["128k"]
@@ -191,14 +191,14 @@ def test_fit_stage_and_report(store, tmp_path):
     R = results_dir(store)
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(store))
-    assert main(["fit", "--config", str(cfg_file), "--out-dir", str(R / "scaling"),
-                 "--result", str(R / "scaling" / "result.json")]) == 0
-    res = json.loads((R / "scaling" / "result.json").read_text())
+    assert main(["scaling-law", "--config", str(cfg_file), "--out-dir", str(R / "scaling_law"),
+                 "--result", str(R / "scaling_law" / "result.json")]) == 0
+    res = json.loads((R / "scaling_law" / "result.json").read_text())
     assert res["run_id"] and res["status"] == {"loss_law": "skipped", "gap_law": "ok"}  # 2 sizes: no loss law
-    fit = json.loads((R / "scaling" / "fit.json").read_text())
+    fit = json.loads((R / "scaling_law" / "fit.json").read_text())
     assert "not the paper's" in fit["note"] and fit["n_points"] == 6
     assert fit["gap_law"]["r2"] > 0.5 and fit["loss_law"]["reason"].startswith("loss law needs >= 3 distinct")
-    assert len(pd.read_csv(R / "scaling" / "points.csv")) == 6
+    assert len(pd.read_csv(R / "scaling_law" / "points.csv")) == 6
 
     (R / "tables").mkdir(parents=True)
     pd.DataFrame({"size": ["xs"], "method": ["cast"], "budget": ["64k"], "ppl/x/s64": [52.0],
@@ -240,7 +240,7 @@ def test_a_dead_tracking_server_costs_tracking_never_results(store, tmp_path, mo
     """Jobs run untracked (quickly, with a warning) and the fit falls back to the result JSONs."""
     from cast.config import results_dir
     from cast.stages.evaluate import ppl_key
-    from cast.stages.fit import load_points
+    from cast.stages.scaling_law import load_points
     from cast.tracking import NullTracker, start_run
 
     cfg = copy.deepcopy(store)

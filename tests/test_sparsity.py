@@ -2,9 +2,18 @@
 import pytest
 import torch
 
-from cast.scaling import BlockScale, attach_scales, fold_
-from cast.sparsity import (SparsityError, check_model, count_violations, find_targets, hard_prune_, nm_mask,
-                           nm_mask_reference, param_mask, weight_of)
+from cast.sparsity import (
+    SparsityError,
+    check_model,
+    count_violations,
+    find_targets,
+    hard_prune_,
+    nm_mask,
+    nm_mask_reference,
+    param_mask,
+    weight_of,
+)
+from cast.weight_scaling import BlockScale, attach_scales, fold_
 
 DEFAULT_TARGETS = [r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|c_attn|c_proj|c_fc|fc1|fc2|out_proj)$"]
 

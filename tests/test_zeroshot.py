@@ -14,8 +14,18 @@ import pytest
 import torch
 
 from cast.config import ConfigError
-from cast.zeroshot import (LOCAL_TASKS, TASK_SETS, build_tasks, mc_items, metric_key, ppl_items, resolve_task_names,
-                           run_zeroshot, set_averages, write_task)
+from cast.zeroshot import (
+    LOCAL_TASKS,
+    TASK_SETS,
+    build_tasks,
+    mc_items,
+    metric_key,
+    ppl_items,
+    resolve_task_names,
+    run_zeroshot,
+    set_averages,
+    write_task,
+)
 
 MLFLOW_NAME = re.compile(r"^[A-Za-z0-9_\-. :/]+$")
 
@@ -126,7 +136,7 @@ def test_rolling_perplexity_agrees_with_cast_perplexity(models, micro_data, tmp_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cast.data import encode_joined
-    from cast.evaluate import perplexity
+    from cast.perplexity import perplexity
 
     _, data = micro_data
     trained, _ = models

@@ -1,33 +1,120 @@
-"""Method registry: every sparsification method is an algorithm name with a kind.
+"""The method registry: every sparsification method in one table, readable without torch.
 
-`oneshot` algorithms prune a dense model without training (budget label "0");
-`train` algorithms spend a token budget. Adding a method = registering one function here and
-naming it in config `methods:`; the sparsify rule and stage need no change.
+An entry is a name (the `algorithm:` of a config `methods:` entry), a kind (`oneshot`: prunes a
+dense model without training, budget label "0"; `train`: spends a token budget), its implementation
+as "module:function" (imported only when a job runs it), and the config keys it takes, as JSON-schema
+properties. The config schema's method list, its per-method keys, the Snakemake rules and the CLI
+all read this table. Adding a method = one module with its function + one `register` line below.
+
+The implementation is called as fn(model, targets, cfg, mcfg, *, method, accelerator, tracker,
+tokens, [teacher, budget, fingerprint, ckpt_dir, lr for `train`]) and prunes `model` in place
+(see cast.stages.sparsify).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import import_module
 
-REGISTRY: dict[str, tuple[str, Callable]] = {}
+from ..errors import ConfigError
 
-
-def register(algorithm: str, kind: str):
-    def deco(fn):
-        REGISTRY[algorithm] = (kind, fn)
-        return fn
-    return deco
+KINDS = ("oneshot", "train")
 
 
-def kind_of(algorithm: str) -> str:
-    from . import cast_train, oneshot  # noqa: F401 - populate the registry
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str
+    impl: str  # "module:function"
+    doc: str
+    keys: dict = field(default_factory=dict)  # JSON-schema properties of the config entry
+    check: Callable | None = None  # check(cfg, entry_name, mcfg): cross-field rules, raises ConfigError
 
-    return REGISTRY[algorithm][0]
+    def load(self) -> Callable:
+        module, _, fn = self.impl.partition(":")
+        return getattr(import_module(module), fn)
 
 
-def get(algorithm: str) -> Callable:
-    kind_of(algorithm)
-    return REGISTRY[algorithm][1]
+REGISTRY: dict[str, Method] = {}
 
 
-# light-weight mirror for Snakemake (no torch import at parse time)
-KINDS = {"cast": "train", "srste": "train", "magnitude": "oneshot", "wanda": "oneshot", "sparsegpt": "oneshot"}
+def register(name: str, kind: str, impl: str, doc: str, keys: dict | None = None, check: Callable | None = None) -> Method:
+    if kind not in KINDS:
+        raise ValueError(f"method {name!r}: kind must be one of {KINDS}, got {kind!r}")
+    REGISTRY[name] = Method(name, kind, impl, doc, dict(keys or {}), check)
+    return REGISTRY[name]
+
+
+def get(name: str) -> Method:
+    """The registry entry of an algorithm; the error lists the known names."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method algorithm {name!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def kind_of(name: str) -> str:
+    return get(name).kind
+
+
+def entry_schema() -> dict:
+    """JSON schema of one `methods.<entry>`: `algorithm` picks the registered method, whose own keys
+    (and only those) the entry may hold."""
+    return {"type": "object", "required": ["algorithm"],
+            "properties": {"algorithm": {"type": "string", "enum": list(REGISTRY),
+                                         "description": "a registered method (cast.methods)"}},
+            "allOf": [{"if": {"properties": {"algorithm": {"const": name}}, "required": ["algorithm"]},
+                       "then": {"additionalProperties": False,
+                                "properties": {"algorithm": {"const": name}, **m.keys}}}
+                      for name, m in REGISTRY.items()]}
+
+
+# -- shared key sets ------------------------------------------------------------------------------
+def _num(default, lo=None, desc="", exclusive=False, null=False):
+    s = {"type": ["number", "null"] if null else "number", "default": default, "description": desc}
+    if lo is not None:
+        s["exclusiveMinimum" if exclusive else "minimum"] = lo
+    return s
+
+
+def _int(default, lo=1, desc="", null=False):
+    return {"type": ["integer", "null"] if null else "integer", "minimum": lo, "default": default, "description": desc}
+
+
+MASK_REFRESH = {"t1": _int(10, desc="mask refresh period in steps (Eq. 6, paper T1)")}
+DECAY = {"lambda": _num(1.0e-4, 0, "decay coefficient on masked weights: AdamS L1 (paper 7B: 4e-7) / SR-STE lambda_w"),
+         "alpha_indexing": {"type": "string", "enum": ["alg1", "alg2"], "default": "alg2",
+                            "description": "a_t = t/T with t = 0..T-1 (alg1) or 1..T (alg2)"}}
+DISTILL = {"eta": {**_num(1 / 3, 0, "KL weight of Eq. 13 (paper LLaMA: 1/3); 0 = plain CE, no teacher"), "maximum": 1},
+           "temperature": _num(1.0, 0, "softmax temperature of the KL (Eq. 13 has none: 1)", exclusive=True)}
+CALIBRATION = {"calib_samples": _int(128, desc="calibration windows (SparseGPT/Wanda protocol: 128)"),
+               "calib_seqlen": _int(None, 8, "calibration window length; null -> train.seqlen", null=True)}
+SCALING = {"scaling": {"type": "boolean", "default": True, "description": "learnable weight scaling (Eq. 11-12)"},
+           "scaling_blocks": _int(2, desc="scale blocks n per row (paper Sec. VI-A: 2)"),
+           "scaling_lr": _num(None, 0, "learning rate of the scales; null -> train.lr", exclusive=True, null=True)}
+
+
+def _blocksize_multiple_of_m(cfg: dict, name: str, mcfg: dict) -> None:
+    m = cfg["sparsity"]["m"]
+    if mcfg["blocksize"] % m:
+        raise ConfigError(f"config key 'methods.{name}.blocksize': {mcfg['blocksize']} is not a multiple of "
+                          f"M={m} (sparsity.m)")
+
+
+# -- the methods ----------------------------------------------------------------------------------
+register("cast", "train", "cast.methods.cast_train:train_cast",
+         "CAST (Alg. 2): AdamS decay on masked weights, weight scaling, distillation; dense forward",
+         {**MASK_REFRESH, **DECAY, **DISTILL, **SCALING,
+          "decay": {"type": "string", "enum": ["adams", "srste"], "default": "adams",
+                    "description": "AdamS (paper) or SR-STE's decay on the gradient (the 'CAST w SR-STE' ablation)"}})
+register("srste", "train", "cast.methods.cast_train:train_srste",
+         "SR-STE: masked forward with a straight-through gradient, lambda_w (1 - M) W decay, plain Adam",
+         {**MASK_REFRESH, **DECAY, **DISTILL})
+register("magnitude", "oneshot", "cast.methods.oneshot:magnitude",
+         "keep the N largest |w| of every M consecutive inputs")
+register("wanda", "oneshot", "cast.methods.oneshot:wanda",
+         "Wanda: N largest |W| * ||X||_2 per M inputs, layer-wise calibration, no weight update", dict(CALIBRATION))
+register("sparsegpt", "oneshot", "cast.methods.oneshot:sparsegpt",
+         "SparseGPT: layer-wise OBS pruning with error compensation",
+         {**CALIBRATION, "percdamp": _num(0.01, 0, "Hessian dampening, share of its mean diagonal", exclusive=True),
+          "blocksize": _int(128, desc="columns per lazy update block (a multiple of M)")},
+         check=_blocksize_multiple_of_m)

@@ -11,10 +11,9 @@ import torch
 from ..config import lambda_for_budget
 from ..distill import distill_loss, teacher_targets
 from ..optim.adams import AdamS, alpha_t
-from ..scaling import attach_scales, fold_
 from ..sparsity import attach_ste_masks, hard_prune_, input_dim_of, weight_of
 from ..train import BlockSampler, make_scheduler, steps_for_budget, train
-from . import register
+from ..weight_scaling import attach_scales, fold_
 
 
 def param_groups(model, targets, scales, tcfg, mcfg):
@@ -33,18 +32,31 @@ def param_groups(model, targets, scales, tcfg, mcfg):
     return groups
 
 
-@register("cast", "train")
-def cast(model, targets, cfg, mcfg, **kw):
+def train_cast(model, targets, cfg, mcfg, **kw):
+    """The `cast` method (and its ablations): dense forward, AdamS (or SR-STE) decay."""
     return train_sparse(model, targets, cfg, mcfg, masked_forward=False, decay=mcfg["decay"], **kw)
 
 
-@register("srste", "train")
-def srste(model, targets, cfg, mcfg, **kw):
+def train_srste(model, targets, cfg, mcfg, **kw):
+    """The `srste` baseline: masked forward (straight-through), SR-STE decay, no scales."""
     return train_sparse(model, targets, cfg, {**mcfg, "scaling": False}, masked_forward=True, decay="srste", **kw)
 
 
 def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, tokens, budget, method, accelerator,
                  tracker=None, ckpt_dir=None, lr=None, fingerprint="", **_):
+    """Alg. 2, line by line:
+      l.1  teacher <- frozen copy of the dense model         cast.stages.sparsify (passed in as `teacher`)
+      l.4  A^k <- ones(R_k, n) for every sparse W^k           weight_scaling.attach_scales
+      l.5  M^k <- N:M magnitude mask of W^k                   AdamS.step's first refresh (k = 0), Eq. 6
+      l.7  for t = 1..T                                        train.train (steps from the token budget)
+      l.8-10 every T1 steps: recompute M^k from |W^k|         AdamS.step -> _refresh_group (Eq. 6)
+      l.11-13 dense student forward with W ⊙ expand(A),       loss_fn: student(ids) with the scale
+              teacher forward without grad                      parametrization; distill.teacher_targets
+      l.14 L = eta KL + (1 - eta) CE; backward                distill.distill_loss (Eq. 13)
+      l.15-17 AdamS on every W^k (a_t = t/T), Adam on the rest AdamS.step (Alg. 1, Eq. 7-8)
+      l.20 W^k <- W^k ⊙ M^k_T                                 sparsity.hard_prune_ (pruned entries +0.0)
+      l.21 W^k <- W^k ⊙ expand(A^k); drop A^k                  weight_scaling.fold_
+    (l.20-21 run as fold then prune: the same numbers, and no -0.0 from a negative scale.)"""
     tcfg, sp = cfg["train"], cfg["sparsity"]
     steps = steps_for_budget(budget, tcfg["batch_size"], tcfg["seqlen"])  # batch_size is the global batch
     lr = lr or tcfg["lr"]
@@ -65,8 +77,8 @@ def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, t
 
     def loss_fn(student, ids):
         s_logits = student(ids).logits
-        targets = teacher_targets(teacher, ids, temp) if eta > 0 else None
-        loss, ce, kl = distill_loss(s_logits, None, ids, eta, temp, targets=targets)
+        soft = teacher_targets(teacher, ids, temp) if eta > 0 else None  # the teacher's distribution P_t
+        loss, ce, kl = distill_loss(s_logits, None, ids, eta, temp, targets=soft)
         return loss, {"ce": ce.detach(), **({"kl": kl.detach()} if kl is not None else {})}
 
     history = []
@@ -83,8 +95,7 @@ def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, t
                  grad_accum=tcfg["grad_accum"], ckpt_dir=ckpt_dir, ckpt_every=tcfg["checkpoint_every"],
                  log_every=tcfg["log_every"], on_log=log, stats_fn=stats, desc=f"{method}", fingerprint=fingerprint)
     model = accelerator.unwrap_model(model)
-    # Alg. 2 l.20-21: W <- W * M_T, then fold the scales: exact N:M, same architecture
     masks = {name: adams.state[weight_of(mod)]["mask"] for name, mod in targets.items()}
+    fold_(targets)  # Alg. 2 l.21, then l.20: exact N:M, same architecture
     hard_prune_(targets, sp["n"], sp["m"], masks)
-    fold_(targets)
     return {"steps": steps, "lambda": lam, "final": last, "history": history}

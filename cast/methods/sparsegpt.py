@@ -4,38 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..hessian import inverse_hessian_factor
 from ..sparsity import nm_groups
-
-
-class Hessian:
-    """H = 2 X X^T / n over the n calibration tokens (SparseGPT Sec. 3, layer-wise squared error)."""
-
-    def __init__(self, in_features: int, device=None):
-        self.xx = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
-        self.tokens = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        """x: (tokens, in_features) inputs of the layer."""
-        x = x.double()
-        self.xx += x.t() @ x
-        self.tokens += x.shape[0]
-
-    def value(self) -> torch.Tensor:
-        return 2.0 * self.xx / max(self.tokens, 1)
-
-
-def inverse_hessian_factor(h: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Upper Cholesky factor U of (H + lambda I)^-1 = U^T U, lambda = percdamp * mean(diag H).
-
-    Row i of U holds the OBS quantities of column i once columns < i are fixed: U_ii^2 = [H_F^-1]_ii
-    and U_i,j>i / U_ii the update direction (SparseGPT Alg. 1)."""
-    h = h.double().clone()
-    diag = torch.diagonal(h)
-    dead = diag == 0
-    diag[dead] = 1.0  # inputs never active: their weights are zeroed by the caller
-    diag += percdamp * float(diag.mean())
-    hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
-    return torch.linalg.cholesky(hinv, upper=True)
 
 
 def obs_prune_scores(w: torch.Tensor, u_diag: torch.Tensor) -> torch.Tensor:
@@ -57,9 +27,8 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, n: int, m: int, percdamp: 
     if blocksize % m:
         raise ValueError(f"blocksize {blocksize} is not a multiple of M={m}")
     W = w.detach().double().clone()
-    dead = torch.diagonal(h) == 0
-    W[:, dead] = 0.0
-    U = inverse_hessian_factor(h.to(W.device), percdamp)
+    U, dead = inverse_hessian_factor(h.to(W.device), percdamp)
+    W[:, dead] = 0.0  # inputs never active in calibration
     keep = torch.ones(rows, cols, dtype=torch.bool, device=W.device)
     for b0 in range(0, cols, blocksize):
         b1 = min(b0 + blocksize, cols)
@@ -78,4 +47,4 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, n: int, m: int, percdamp: 
             err1[:, j] = err
         W[:, b0:b1] = W1
         W[:, b1:] -= err1 @ U[b0:b1, b1:]
-    return (W * keep).to(w.dtype), keep
+    return torch.where(keep, W, torch.zeros((), dtype=W.dtype, device=W.device)).to(w.dtype), keep  # +0.0 pruned

@@ -92,7 +92,7 @@ def _writable_cache() -> Path:
     return Path(tempfile.mkdtemp(prefix="cast-native-"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _library():
     """The loaded kernel library, or None (with one warning) if it cannot be built."""
     if os.environ.get("CAST_NATIVE", "1") == "0":

@@ -6,23 +6,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..sparsity import input_dim_of, weight_of
+from ..sparsity import set_weight_matrix, weight_matrix
 from .gptq import gptq_quantize
 from .rtn import dequantize, rtn_quantize
 
 METHODS = ("rtn", "gptq", "torchao")
-
-
-def weight_matrix(mod: nn.Module) -> torch.Tensor:
-    """The weight as (outputs, inputs): nn.Linear as stored, HF Conv1D transposed."""
-    w = weight_of(mod).detach()
-    return w if input_dim_of(mod) == 1 else w.t()
-
-
-@torch.no_grad()
-def set_weight_matrix(mod: nn.Module, w2d: torch.Tensor) -> None:
-    w = weight_of(mod)
-    w.copy_((w2d if input_dim_of(mod) == 1 else w2d.t()).to(w.dtype))
+__all__ = ["METHODS", "quantize_targets", "quantize_weight", "torchao_codes", "set_weight_matrix", "weight_matrix"]
 
 
 def torchao_codes(w: torch.Tensor, bits: int, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:

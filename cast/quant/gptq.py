@@ -16,26 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from ..hessian import inverse_hessian_factor
 from .rtn import absmax_scales, groups_of, qmax_of
-
-
-def inverse_hessian_factor(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dampened H -> upper Cholesky factor U of H^-1 (H^-1 = U^T U), and the dead-input flags.
-
-    Inputs never active in calibration (H_ii = 0) get H_ii = 1 so H stays invertible; dampening adds
-    percdamp * mean(diag H) to the diagonal (GPTQ Sec. 4, "Cholesky reformulation")."""
-    H = H.detach().double().clone()
-    dead = torch.diagonal(H) == 0
-    idx = dead.nonzero().flatten()
-    H[idx, idx] = 1.0
-    damp = percdamp * torch.diagonal(H).mean()
-    H += damp * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-    try:
-        L = torch.linalg.cholesky(H)
-        U = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
-    except RuntimeError as e:  # torch.linalg.LinAlgError subclasses RuntimeError
-        raise ValueError(f"GPTQ: Hessian not positive definite after dampening {percdamp} (raise percdamp): {e}") from None
-    return U, dead
 
 
 @torch.no_grad()

@@ -48,3 +48,7 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
                       unigram_ppl_test=D.unigram_ppl(streams["train"], streams["test"], vocab),
                       tokenizer=str(Path(out_dir).resolve() / "tokenizer"))
     return result
+
+
+def cli(cfg: dict, args, tracker=None) -> dict:
+    return run(cfg, args.out)

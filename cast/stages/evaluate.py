@@ -22,7 +22,7 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, tasks_dir: str |
 
     import torch
 
-    from ..evaluate import perplexity
+    from ..perplexity import perplexity
 
     torch.set_num_threads(cfg["threads"])
     t0 = time.time()
@@ -76,3 +76,12 @@ def zeroshot(cfg: dict, model_dir: str | Path, data_dir: str | Path, plan: dict,
                        seed=cfg["seed"], tokenizer=tok, trust_remote_code=cfg["trust_remote_code"],
                        task_manager=plan["task_manager"])
     return {**res, "tasks": plan["names"], "tasks_dir": plan["where"], "wall_s": time.time() - t0}
+
+
+def cli(cfg: dict, args, tracker=None) -> dict:
+    res = run(cfg, args.model, args.data, tasks_dir=args.tasks_dir, with_zeroshot=not args.no_zeroshot)
+    if args.finetune:  # fine-tuned models: also perplexity on their downstream test split
+        from .finetune import downstream_ppl
+
+        res["metrics"].update(downstream_ppl(cfg, args.model, args.finetune))
+    return res

@@ -11,15 +11,17 @@ import numpy as np
 import torch
 
 from .. import downstream as DS
-from ..config import ConfigError, config_hash, parse_tokens, result_section, results_dir
+from ..config import results_dir
 from ..distill import distill_loss, teacher_targets
-from ..frozen_mask import freeze_zeros, revived
+from ..errors import ConfigError
+from ..frozen_mask import freeze_zeros
 from ..io import atomic_dir
+from ..jobs import fingerprint
+from ..layout import Layout, parse_tokens
 from ..models import load_model, pick_device, save_model
-from ..sparsity import SparsityError, check_model, find_targets
+from ..sparsity import assert_exact_nm, assert_zeros_kept, find_targets, nm_status, revived
 from ..train import BlockSampler, make_scheduler, steps_for_budget, train
 from .common import load_dense, setup, tokenizer_of
-from .quantize import nm_status
 
 
 def dataset_config(cfg: dict, dataset: str) -> dict:
@@ -30,12 +32,11 @@ def dataset_config(cfg: dict, dataset: str) -> dict:
 
 
 def downstream_dir(cfg: dict, dataset: str) -> Path:
-    return results_dir(cfg) / "downstream" / dataset
+    return Layout(results_dir(cfg)).downstream(dataset)
 
 
 def prepare(cfg: dict, dataset: str, data_dir: str | Path, out_dir: str | Path) -> dict:
     """results/downstream/{dataset}: tokens_train.npy, tokens_test.npy with the pipeline tokenizer."""
-    DS.check_finetune_config(cfg)
     d = dataset_config(cfg, dataset)
     splits = DS.split_train_test(DS.load_texts(d, dataset), d["test_fraction"], cfg["seed"])
     tokens = DS.tokenize_splits(tokenizer_of(data_dir, cfg), splits)
@@ -55,7 +56,7 @@ def load_split(ddir: str | Path, split: str) -> np.ndarray:
 def downstream_ppl(cfg: dict, model, dataset: str, ddir: str | Path | None = None) -> dict:
     """Perplexity on the downstream test split at every evaluate.ppl_seqlens:
     {"ppl/{dataset}_test/s{seqlen}": ppl}. model: a model object or a model directory."""
-    from ..evaluate import perplexity
+    from ..perplexity import perplexity
 
     dev = pick_device(cfg["device"])
     if not isinstance(model, torch.nn.Module):
@@ -68,7 +69,6 @@ def downstream_ppl(cfg: dict, model, dataset: str, ddir: str | Path | None = Non
 
 def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, dataset: str, out_dir: str | Path,
         teacher_dir: str | Path | None = None, tracker=None, ddir: str | Path | None = None) -> dict:
-    DS.check_finetune_config(cfg)
     dataset_config(cfg, dataset)
     ft, sp = cfg["finetune"], cfg["sparsity"]
     out_dir = Path(out_dir)
@@ -113,16 +113,14 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, dataset: str, ou
 
     log = (lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None
     ckpt = out_dir / ".ckpt"
-    fingerprint = config_hash({"finetune": result_section(cfg, "finetune"), "seed": cfg["seed"], "model": str(Path(model_dir).resolve()), "dataset": dataset})
+    job = fingerprint(cfg, "finetune", dataset=dataset, model=str(Path(model_dir).resolve()))
     last = train(model, wrapped, sched, sampler, steps, loss_fn, accelerator=acc, grad_clip=ft["grad_clip"],
                  ckpt_dir=ckpt, ckpt_every=ft["checkpoint_every"], log_every=cfg["train"]["log_every"],
-                 on_log=log, stats_fn=stats, desc=f"finetune {dataset}", fingerprint=fingerprint)
+                 on_log=log, stats_fn=stats, desc=f"finetune {dataset}", fingerprint=job)
     model = acc.unwrap_model(model).to("cpu").eval()
     if sparse:
-        bad = {k: v for k, v in check_model(model, targets, sp["n"], sp["m"]).items() if v}
-        lost = revived(targets, {k: v.cpu() for k, v in masks.items()})
-        if bad or lost:
-            raise SparsityError(f"fine-tuning broke the frozen {sp['n']}:{sp['m']} mask: {lost} revived weights, violations {bad}")
+        assert_zeros_kept(targets, masks, "fine-tuning")
+        assert_exact_nm(targets, sp["n"], sp["m"], "the fine-tuned model")
     result = {"dataset": dataset, "sparse": sparse, "steps": steps, "tokens": steps * ft["batch_size"] * ft["seqlen"],
               "distilled": teacher is not None, "final_train_ce": last.get("train/ce"), "nm_violations": 0 if sparse else None,
               "revived_max": max((h["finetune/revived"] for h in history), default=0), "history": history}
@@ -134,3 +132,12 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, dataset: str, ou
     acc.wait_for_everyone()
     result["wall_s"] = time.time() - t0
     return result
+
+
+def downstream_cli(cfg: dict, args, tracker=None) -> dict:
+    return prepare(cfg, args.dataset, args.data, args.out)
+
+
+def cli(cfg: dict, args, tracker=None) -> dict:
+    return run(cfg, args.model, args.data, args.dataset, args.out, teacher_dir=args.teacher, tracker=tracker,
+               ddir=args.downstream)

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError
+from ..errors import CastError, ConfigError
+from ..hessian import Hessian
 from ..io import write_json
+from ..layerwise import calibration_windows, run_layerwise
 from ..models import pick_device, save_model
-from ..quant import collect_linear_inputs, quantize_targets, weight_matrix
-from ..sparsity import SparsityError, check_model, find_targets, input_dim_of, weight_of
+from ..quant import quantize_targets
+from ..sparsity import SparsityError, assert_zeros_kept, find_targets, keep_masks, nm_status, weight_matrix
 from .common import load_dense, tokenizer_of, train_tokens
 
 
@@ -28,20 +30,22 @@ def scheme_config(cfg: dict, scheme: str) -> dict:
     return schemes[scheme]
 
 
-def nm_status(targets: dict, n: int, m: int) -> tuple[bool, int]:
-    """(is the model exact N:M, violations); a target whose inputs M does not divide is not N:M."""
-    if any(weight_of(mod).shape[input_dim_of(mod)] % m for mod in targets.values()):
-        return False, -1
-    v = sum(check_model(None, targets, n, m).values())
-    return v == 0, v
+def quantize_model(cfg: dict, qc: dict, model, targets: dict, data_dir, dev) -> dict:
+    """Quantize every target in place; per layer {"q", "scales", "rel_err"}. GPTQ's Hessians come from
+    the shared layer-wise runner on seeded windows of the train split (the one-shot methods'
+    protocol), every layer calibrated on the unquantized model's activations (sequential=False)."""
+    args = (qc["method"], qc["bits"], qc["group_size"])
+    if qc["method"] != "gptq":
+        return quantize_targets(targets, *args)
+    states = {}
 
+    def apply(name, mod, hess):
+        states.update(quantize_targets({name: mod}, *args, {name: hess.value()}, qc["percdamp"], qc["blocksize"]))
 
-def calibration_hessians(cfg: dict, qc: dict, model, targets, data_dir) -> dict:
-    """GPTQ statistics from seeded random windows of the train split (the one-shot methods' protocol)."""
-    from ..methods.calibration import calibration_windows
-
-    ids = calibration_windows(train_tokens(data_dir), qc["calib_samples"], cfg["train"]["seqlen"], cfg["seed"])
-    return collect_linear_inputs(model, targets, ids, batch_size=cfg["evaluate"]["batch_size"])
+    windows = calibration_windows(train_tokens(data_dir), qc["calib_samples"], cfg["train"]["seqlen"], cfg["seed"])
+    run_layerwise(model, targets, windows, lambda _n, mod: Hessian(weight_matrix(mod).shape[1], dev), apply,
+                  device=dev, batch_size=cfg["evaluate"]["batch_size"], sequential=False)
+    return states
 
 
 def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, scheme: str, out_dir: str | Path, tracker=None) -> dict:
@@ -57,16 +61,14 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, scheme: str, out
     model = load_dense(model_dir, cfg).to(dev).eval()
     targets = find_targets(model, sp["targets"], sp["exclude"])
     was_nm, _ = nm_status(targets, sp["n"], sp["m"])
-    zeros = {name: weight_matrix(mod) == 0 for name, mod in targets.items()}
-    hessians = calibration_hessians(cfg, qc, model, targets, data_dir) if qc["method"] == "gptq" else None
+    kept = keep_masks(targets)
     try:
-        states = quantize_targets(targets, qc["method"], qc["bits"], qc["group_size"], hessians,
-                                  qc["percdamp"], qc["blocksize"])
-    except ValueError as e:
+        states = quantize_model(cfg, qc, model, targets, data_dir, dev)
+    except CastError:
+        raise
+    except ValueError as e:  # the scheme's values (group size, dampening) do not fit this model
         raise ConfigError(f"config key '{key}': {e}") from None
-    revived = {n: int((weight_matrix(targets[n])[z] != 0).sum()) for n, z in zeros.items()}
-    if any(revived.values()):
-        raise SparsityError(f"quantization {scheme} made pruned weights non-zero: {({k: v for k, v in revived.items() if v})}")
+    assert_zeros_kept(targets, kept, f"quantization {scheme}")
     now_nm, violations = nm_status(targets, sp["n"], sp["m"])
     if was_nm and not now_nm:
         raise SparsityError(f"quantization {scheme} broke {sp['n']}:{sp['m']} sparsity: {violations} violating groups")
@@ -81,9 +83,13 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, scheme: str, out
             "layers": {n: {"shape": list(st["q"].shape), "groups": st["scales"].shape[1], "rel_err": st["rel_err"]}
                        for n, st in states.items()}}
     write_json(out_dir / "quant.json", meta)
-    total = sum(z.numel() for z in zeros.values())
+    total = sum(k.numel() for k in kept.values())
     return {"scheme": scheme, "method": qc["method"], "bits": qc["bits"], "group_size": qc["group_size"],
             "targets": len(targets), "nm_sparse": was_nm, "nm_violations": 0 if was_nm else violations,
-            "target_sparsity": sum(int(z.sum()) for z in zeros.values()) / total, "avg_bits": avg_bits,
+            "target_sparsity": sum(int((~k).sum()) for k in kept.values()) / total, "avg_bits": avg_bits,
             "rel_weight_err": sum(st["rel_err"] for st in states.values()) / len(states),
-            "calib_samples": qc["calib_samples"] if hessians else 0, "wall_s": time.time() - t0}
+            "calib_samples": qc["calib_samples"] if qc["method"] == "gptq" else 0, "wall_s": time.time() - t0}
+
+
+def cli(cfg: dict, args, tracker=None) -> dict:
+    return run(cfg, args.model, args.data, args.scheme, args.out, tracker=tracker)

@@ -1,7 +1,7 @@
 """`cast report`: one self-contained HTML page (plots as base64 PNG) and a Markdown twin.
 
 Reads what exists under results_dir: tables/*.csv (method comparison; quantization, fine-tuning and
-zero-shot tables when those stages ran), scaling/fit.json + points.csv, data/ATTRIBUTION.md, and the
+zero-shot tables when those stages ran), scaling_law/fit.json + points.csv, data/ATTRIBUTION.md, and the
 training curves of the sparsify runs from MLflow. Missing optional inputs become a one-line note.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config import config_hash, parse_tokens, results_dir, tracking_uri
 from ..io import InputError, read_json
+from ..layout import Layout
 
 CURVES = {"train/ce": "cross-entropy (student vs data)", "train/kl": "KL (teacher || student)",
           "mask/flips": "mask flips per refresh", "mask/masked_over_kept": "masked / kept |w| (mean)",
@@ -71,11 +72,11 @@ def _fmt(v) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
 
 
-def _tables(doc: _Doc, R: Path):
+def _tables(doc: _Doc, L: Layout):
     import pandas as pd
 
     doc.h(2, "Method comparison")
-    ppl = R / "tables" / "ppl.csv"
+    ppl = L.tables / "ppl.csv"
     if not ppl.exists():
         doc.p(f"No method comparison table ({ppl} missing).", "note")
     else:
@@ -87,7 +88,7 @@ def _tables(doc: _Doc, R: Path):
         if zs:
             doc.h(3, "Zero-shot")
             doc.table(df[[c for c in df.columns if c in ID_COLS[:5]] + zs])
-    for csv in sorted((R / "tables").glob("*.csv")) if (R / "tables").is_dir() else []:
+    for csv in sorted((L.tables).glob("*.csv")) if (L.tables).is_dir() else []:
         if csv.name == "ppl.csv":
             continue
         title = next((t for k, t in TABLE_TITLES.items() if csv.stem.startswith(k)), csv.stem)
@@ -181,11 +182,11 @@ def _scaling_plots(doc: _Doc, fitdoc: dict, pts):
     doc.figure(fig, "predicted_vs_observed", "Predicted vs observed (in-sample, leave-one-out, extrapolated).")
 
 
-def _scaling(doc: _Doc, R: Path):
+def _scaling(doc: _Doc, L: Layout):
     import pandas as pd
 
     doc.h(2, "Scaling law")
-    fit_path, pts_path = R / "scaling" / "fit.json", R / "scaling" / "points.csv"
+    fit_path, pts_path = L.scaling_law / "fit.json", L.scaling_law / "points.csv"
     if not fit_path.exists() or not pts_path.exists():
         doc.p(f"No scaling-law fit ({fit_path} missing).", "note")
         return
@@ -214,7 +215,7 @@ def _curves(doc: _Doc, cfg: dict):
     import numpy as np
     from mlflow.tracking import MlflowClient
 
-    from .fit import finished_runs
+    from .scaling_law import finished_runs
 
     doc.h(2, "Training curves")
     try:
@@ -257,9 +258,9 @@ def _curves(doc: _Doc, cfg: dict):
     doc.figure(fig, "training_curves", "Training curves from MLflow (" + "; ".join(f"{k}: {CURVES[k]}" for k in keys) + ").")
 
 
-def _attribution(doc: _Doc, cfg: dict, R: Path):
+def _attribution(doc: _Doc, cfg: dict, L: Layout):
     doc.h(2, "Data and licence")
-    att = R / "data" / "ATTRIBUTION.md"
+    att = L.data / "ATTRIBUTION.md"
     if att.exists():
         doc.pre(att.read_text())
     else:
@@ -276,7 +277,7 @@ def run(cfg: dict, out_dir: str | Path, tracker=None) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
-    R, out = results_dir(cfg), Path(out_dir)
+    L, out = Layout(results_dir(cfg)), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = _Doc(out / "plots")
     doc.h(1, f"cast report: {cfg['experiment']}")
@@ -284,10 +285,10 @@ def run(cfg: dict, out_dir: str | Path, tracker=None) -> dict:
     doc.p(f"Config hash {config_hash(cfg)}, sizes {', '.join(cfg['run']['sizes'])}, methods "
           f"{', '.join(cfg['run']['methods'])}, budgets {', '.join(map(str, cfg['run']['budgets']))}, "
           f"{cfg['sparsity']['n']}:{cfg['sparsity']['m']} sparsity. MLflow store {tracking_uri(cfg)}. Built {now}.")
-    _tables(doc, R)
-    _scaling(doc, R)
+    _tables(doc, L)
+    _scaling(doc, L)
     _curves(doc, cfg)
-    _attribution(doc, cfg, R)
+    _attribution(doc, cfg, L)
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>cast report: {html.escape(cfg['experiment'])}"
             f"</title><style>{CSS}</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n")
     for name, text in (("index.html", page), ("report.md", "\n".join(doc.md))):
@@ -296,3 +297,10 @@ def run(cfg: dict, out_dir: str | Path, tracker=None) -> dict:
         os.replace(tmp, out / name)  # atomic: a half-written page never looks complete
     return {"html": str(out / "index.html"), "markdown": str(out / "report.md"),
             "plots": sorted(p.name for p in (out / "plots").glob("*.png"))}
+
+
+def cli(cfg: dict, args, tracker=None) -> dict:
+    res = run(cfg, args.out_dir, tracker=tracker)
+    for f in ("index.html", "report.md"):
+        tracker.log_artifact(Path(args.out_dir) / f)
+    return res

@@ -10,35 +10,20 @@ from pathlib import Path
 
 from ..config import results_dir
 from ..io import read_json
-
-
-def parse_prefix(prefix: str) -> dict:
-    """{size}/teacher or {size}/{method}/{budget}, then optional /finetune/{ds} and /quant/{scheme}."""
-    parts = prefix.split("/")
-    tags = {"size": parts[0]}
-    if parts[1] == "teacher":
-        tags.update(method="dense", budget="-")
-        rest = parts[2:]
-    else:
-        tags.update(method=parts[1], budget=parts[2])
-        rest = parts[3:]
-    tags.update(dict(zip(rest[::2], rest[1::2])))
-    return tags
+from ..layout import Layout, Prefix
 
 
 def collect(cfg: dict, prefixes: list[str]):
     import pandas as pd
 
-    R = results_dir(cfg)
-    unigram = read_json(R / "data" / "result.json").get("unigram_ppl_test")
+    L = Layout(results_dir(cfg))
+    unigram = read_json(L.data / "result.json").get("unigram_ppl_test")
     rows = []
-    for prefix in prefixes:
-        tags = parse_prefix(prefix)
-        res = read_json(R / prefix / "result.json")
-        ev = read_json(R / prefix / "eval.json")
-        teacher = read_json(R / tags["size"] / "teacher" / "result.json")
-        row = {"size": tags["size"], "method": tags["method"], "budget": tags["budget"],
-               "finetune": tags.get("finetune", "-"), "quant": tags.get("quant", "-"),
+    for prefix in map(Prefix.parse, prefixes):
+        res, ev = read_json(L.result(prefix)), read_json(L.eval(prefix))
+        teacher = read_json(L.result(Prefix(prefix.size)))
+        row = {"size": prefix.size, "method": prefix.method, "budget": prefix.budget,
+               "finetune": prefix.finetune or "-", "quant": prefix.quant or "-",
                "non_embedding_params": teacher.get("non_embedding_params"),
                "tokens": res.get("tokens", 0), "wall_s": round(res.get("wall_s", float("nan")), 1)}
         row.update(ev["metrics"])
@@ -74,3 +59,10 @@ def write(df, out_dir: str | Path) -> dict:
             _save(table, out, name, [])
             files += [f"{name}.csv", f"{name}.md"]
     return {"rows": int(len(df)), "files": files}
+
+
+def cli(cfg: dict, args, tracker=None) -> dict:
+    res = write(collect(cfg, args.prefixes), args.out_dir)
+    for f in res["files"]:
+        tracker.log_artifact(Path(args.out_dir) / f)
+    return res

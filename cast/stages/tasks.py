@@ -26,3 +26,7 @@ def run(cfg: dict, data_dir: str | Path, out_dir: str | Path, tracker=None) -> d
     with atomic_dir(out_dir) as tmp:  # YAML files point at the final folder, not the temporary one
         return build_tasks(docs, tmp, cfg["seed"], n_mc=z["mc_items"], n_lastword=z["lastword_items"],
                            n_ppl=z["ppl_docs"], final_dir=out_dir)
+
+
+def cli(cfg: dict, args, tracker=None) -> dict:
+    return run(cfg, args.data, args.out)

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import torch
 
-from ..config import config_hash, parse_tokens, result_section
 from ..distill import causal_ce
+from ..errors import ConfigError
+from ..jobs import fingerprint
+from ..layout import parse_tokens
 from ..models import build_llama, load_model, non_embedding_params, save_model
 from ..train import BlockSampler, make_scheduler, steps_for_budget, train
 from .common import setup, tokenizer_of, train_tokens
@@ -45,10 +47,10 @@ def run(cfg: dict, size: str, data_dir: str | Path, out_dir: str | Path, tracker
         return ce, {"ce": ce.detach()}
 
     log = (lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None
-    ckpt = out_dir.parent / ".ckpt_teacher"
+    ckpt = out_dir.parent / ".ckpt"  # Layout.checkpoint of the teacher folder
     last = train(model, opt, sched, sampler, steps, loss_fn, accelerator=acc, grad_clip=tcfg["grad_clip"],
                  ckpt_dir=ckpt, ckpt_every=tcfg["checkpoint_every"], on_log=log, desc=f"teacher {size}",
-                 fingerprint=config_hash({"model": spec, "teacher": result_section(cfg, "teacher"), "seed": cfg["seed"]}))
+                 fingerprint=fingerprint(cfg, "teacher", size=size))
     model = acc.unwrap_model(model)
     if acc.is_main_process:
         save_model(model, tok, out_dir)
@@ -57,3 +59,9 @@ def run(cfg: dict, size: str, data_dir: str | Path, out_dir: str | Path, tracker
     return {"non_embedding_params": non_embedding_params(model), "params": sum(p.numel() for p in model.parameters()),
             "tokens": steps * tcfg["batch_size"] * tcfg["seqlen"], "steps": steps,
             "final_train_ce": last.get("train/ce"), "wall_s": time.time() - t0}
+
+
+def cli(cfg: dict, args, tracker=None) -> dict:
+    if args.size not in cfg["models"]:
+        raise ConfigError(f"unknown size {args.size!r}; defined in 'models': {', '.join(cfg['models'])}")
+    return run(cfg, args.size, args.data, args.out, tracker=tracker)

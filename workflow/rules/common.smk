@@ -1,6 +1,6 @@
-# Helpers, validation and the results layout. No torch import here: every job re-parses this.
-import hashlib
-import json
+# Input functions, the config check and the job grid. No torch import here: every job re-parses this.
+# Paths come from cast.layout, method kinds from the registry (cast.methods), rerun fingerprints
+# from cast.jobs: this file only wires them.
 import os
 import sys
 from pathlib import Path
@@ -8,50 +8,59 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # the repo root holds the cast package
-from cast.config import ConfigError, budget_label, config_hash, method_sizes, resolve_config, result_section
-from cast.methods import KINDS
-from cast.stages.tables import parse_prefix
+from cast import methods as registry
+from cast.config import ConfigError, config_hash, merge_configs, method_sizes, read_yaml, resolve_config
+from cast.jobs import fingerprint
+from cast.zeroshot import needs_local, resolve_task_names
+from cast.layout import (BASE_RE, NAME_RE, PREFIX_RE, RUN_RE, Layout, Prefix, FINETUNE_PATTERN, QUANT_PATTERN,
+                         SPARSE_PATTERN, TEACHER_PATTERN, sparse, teacher)
 
-try:
+if not workflow.overwrite_configfiles:  # no --configfile: the embedded default (--config keys on top)
+    config.update(merge_configs(read_yaml(Path(workflow.basedir) / "config" / "config.yaml"), config))
+try:  # a --configfile is used as written: nothing of the embedded default leaks in
     CFG = resolve_config(config)
 except ConfigError as e:
     sys.stderr.write(f"cast: invalid config: {e}\n")
     sys.exit(1)
 
-R = Path(CFG["results_dir"])
-PY = sys.executable
-CAST = f"{PY} -m cast.cli"
+L = Layout(CFG["results_dir"])
+R = L.root
+FT = CFG["finetune"]
+QUANT = CFG["quantize"]
+# Jobs find the interpreter and the resolved config in the environment ($CAST_PYTHON, $CAST_CONFIG):
+# as rule params, a new config hash or another virtualenv would rerun every finished job.
+os.environ["CAST_PYTHON"] = sys.executable
 
 
 def launcher(processes):
     """`cast` under torchrun when a job asks for several processes (DDP; gloo on CPU, nccl on GPU)."""
     if processes > 1:
-        return f"{PY} -m torch.distributed.run --standalone --nproc_per_node {int(processes)} -m cast.cli"
-    return CAST
+        return f'"$CAST_PYTHON" -m torch.distributed.run --standalone --nproc_per_node {int(processes)} -m cast.cli'
+    return '"$CAST_PYTHON" -m cast.cli'
 
 
 def _write_resolved_config():
     """The validated config, content-addressed, handed to every job (`--config`)."""
-    text = yaml.safe_dump(CFG, sort_keys=True)
-    path = R / ".config" / f"{config_hash(CFG)}.yaml"
+    path = L.configs / f"{config_hash(CFG)}.yaml"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
+        tmp.write_text(yaml.safe_dump(CFG, sort_keys=True))
         os.replace(tmp, path)
     return path
 
 
-CONFIG_FILE = _write_resolved_config()
+os.environ["CAST_CONFIG"] = str(_write_resolved_config())
 
 
-def section_hash(*keys, **extra):
-    """Fingerprint of the config slices a job depends on: a rule reruns when these change."""
-    return config_hash({"sections": {k: result_section(CFG, k) for k in keys}, **extra})
+envvars:
+    "CAST_PYTHON",
+    "CAST_CONFIG",
+
 
 
 def method_kind(method):
-    return KINDS[CFG["methods"][method]["algorithm"]]
+    return registry.kind_of(CFG["methods"][method]["algorithm"])
 
 
 def budgets_of(method):
@@ -59,22 +68,27 @@ def budgets_of(method):
     the other training methods at the largest one (the comparison point)."""
     if method_kind(method) == "oneshot":
         return ["0"]
-    budgets = [budget_label(b) for b in CFG["run"]["budgets"]]
+    budgets = CFG["run"]["budgets"]  # canonical labels (cast.layout.budget_label)
     return budgets if method in CFG["run"]["sweep_methods"] else budgets[-1:]
 
 
 def sparse_prefixes():
-    return [f"{s}/{m}/{b}" for s in CFG["run"]["sizes"] for m in CFG["run"]["methods"]
+    return [sparse(s, m, b) for s in CFG["run"]["sizes"] for m in CFG["run"]["methods"]
             if s in method_sizes(CFG, m) for b in budgets_of(m)]
 
 
 def model_prefixes():
-    return [f"{s}/teacher" for s in CFG["run"]["sizes"]] + sparse_prefixes()
+    return [teacher(s) for s in CFG["run"]["sizes"]] + sparse_prefixes()
 
 
-def eval_tags(prefix):
+def tag_args(prefix):
     """CLI tags of a model folder (a teacher has no budget)."""
-    return " ".join(f"--{k} {v}" for k, v in parse_prefix(prefix).items() if v != "-")
+    return " ".join(f"--{k} {v}" for k, v in Prefix.parse(prefix).tags().items() if v != "-")
+
+
+def run_wildcards(w):
+    """size, method, budget, replicate of a sparse-model job's wildcards."""
+    return {"size": w.size, "method": w.method, **Prefix.parse_run(w.run)}
 
 
 def gpus(size, training=False, processes=1):
@@ -86,9 +100,75 @@ def gpus(size, training=False, processes=1):
     return int(processes) if training else int("pretrained" in CFG["models"][size])
 
 
+def variant_methods(section):
+    """Sparse methods that get a variant: `{section}.methods` (null = all of run.methods)."""
+    names = CFG[section]["methods"]
+    return CFG["run"]["methods"] if names is None else names  # checked: cast.validation
+
+
+def variant_sizes(section):
+    """Sizes that get a variant: `{section}.sizes` (null = all of run.sizes)."""
+    sizes = CFG[section]["sizes"]
+    return CFG["run"]["sizes"] if sizes is None else [s for s in CFG["run"]["sizes"] if s in sizes]
+
+
+def comparison_prefixes(section):
+    """The section's methods at their largest budget (the comparison point of the method table)."""
+    return [sparse(s, m, budgets_of(m)[-1]) for s in variant_sizes(section) for m in variant_methods(section)
+            if s in method_sizes(CFG, m)]
+
+
+def finetune_prefixes():
+    """Model folders fine-tuned (finetune.apply_to) x finetune.datasets."""
+    bases = []
+    if "teacher" in FT["apply_to"]:
+        bases += [teacher(s) for s in variant_sizes("finetune")]
+    if "sparse" in FT["apply_to"]:
+        bases += comparison_prefixes("finetune")
+    return [b.finetuned(d) for b in bases for d in FT["datasets"]]
+
+
+def finetune_teacher(w):
+    """Distillation teacher of a sparse model (finetune.eta > 0): none for dense teachers."""
+    base = Prefix.parse(w.base)
+    if FT["eta"] <= 0 or not FT["teacher"] or base.is_teacher:
+        return []
+    dense = teacher(base.size)
+    return [L.model(dense if FT["teacher"] == "original" else dense.finetuned(w.dataset))]
+
+
+def quant_bases():
+    """Model folders quantized: teachers, sparse models at their comparison budget, fine-tuned ones."""
+    bases = []
+    if "teacher" in QUANT["apply_to"]:
+        bases += [teacher(s) for s in variant_sizes("quantize")]
+    if "sparse" in QUANT["apply_to"]:
+        bases += comparison_prefixes("quantize")
+    if "finetuned" in QUANT["apply_to"]:
+        bases += [p for p in finetune_prefixes() if p.size in variant_sizes("quantize")]
+    return bases
+
+
+# -- evaluation, fit, targets ----------------------------------------------------------------------
+ZS_LOCAL = CFG["zeroshot"]["enabled"] and needs_local(resolve_task_names(CFG["zeroshot"]["tasks"]))
+
+
+def zeroshot_args(w):
+    """--tasks-dir of the local tasks; --no-zeroshot on variants unless zeroshot.on_variants."""
+    p = Prefix.parse(w.prefix)
+    off = not CFG["zeroshot"]["on_variants"] and bool(p.finetune or p.quant)
+    return "--no-zeroshot" if off else (f"--tasks-dir {L.tasks}" if ZS_LOCAL else "")
+
+
+def scaling_law_inputs():
+    """eval.json of every teacher and of every grid point of the swept method (sizes x budgets)."""
+    method = CFG["scaling_law"]["method"]
+    return [L.eval(p) for p in model_prefixes() if p.method in ("dense", method)]
+
+
 def variant_prefixes():
-    """Fine-tuned and quantized model folders (finetune.smk / quantize.smk decide which)."""
-    return finetune_prefixes() + [f"{b}/quant/{s}" for b in quant_bases() for s in CFG["quantize"]["schemes"]]
+    """Fine-tuned and quantized model folders."""
+    return finetune_prefixes() + [b.quantized(s) for b in quant_bases() for s in QUANT["schemes"]]
 
 
 def table_prefixes():
@@ -96,25 +176,16 @@ def table_prefixes():
 
 
 def all_targets():
-    """Every model's evaluation, the tables, the scaling-law fit and the report."""
-    return ([R / p / "eval.json" for p in table_prefixes()] + [R / "tables" / "ppl.md"]
-            + [R / "scaling" / "fit.json", R / "report" / "index.html", R / "report" / "report.md"])
+    """Every model's evaluation, the tables, the scaling-law fit (if configured) and the report."""
+    fit = [L.scaling_law / "fit.json"] if CFG["scaling_law"]["method"] else []
+    return ([L.eval(p) for p in table_prefixes()] + [L.tables / "ppl.md"] + fit
+            + [L.report / "index.html", L.report / "report.md"])
 
 
 wildcard_constraints:
     size="|".join(CFG["models"]),
     method="|".join(CFG["methods"]),
-    budget=r"[0-9]+(\.[0-9]+)?[kMGT]?",
-    prefix=r"[A-Za-z0-9_]+/(teacher|[A-Za-z0-9_]+/[0-9.]+[kMGT]?)(/finetune/[A-Za-z0-9_]+)?(/quant/[A-Za-z0-9_]+)?",
-
-
-rule mlflow_init:
-    output:
-        R / ".mlflow_initialized",
-    log:
-        R / "logs/mlflow_init.log",
-    benchmark:
-        R / "benchmarks/mlflow_init.tsv"
-    localrule: True
-    shell:
-        "{CAST} init --config {CONFIG_FILE} --flag {output} > {log} 2>&1"
+    run=RUN_RE,
+    prefix=PREFIX_RE,
+    dataset=NAME_RE,
+    scheme=NAME_RE,

@@ -1,14 +1,17 @@
 rule data:
     input:
-        R / ".mlflow_initialized",
+        L.mlflow_flag,
     output:
-        directory(R / "data"),
+        directory(L.data),
     params:
-        fingerprint=section_hash("data", "seed"),
+        cast=launcher(1),
+        fingerprint=fingerprint(CFG, "data"),
     log:
-        R / "logs/data.log",
+        L.logs / "data.log",
     benchmark:
-        R / "benchmarks/data.tsv"
+        L.benchmarks / "data.tsv"
     threads: CFG["threads"]
+    conda:
+        "../../envs/cast.yaml"
     shell:
-        "{CAST} data --config {CONFIG_FILE} --out {output} --result {output}/result.json > {log} 2>&1"
+        '{params.cast} data --config "$CAST_CONFIG" --out {output} --result {output}/result.json > {log} 2>&1'

@@ -1,45 +1,46 @@
 # Scaling-law fit (read back from MLflow) and the HTML/Markdown report. Both are cheap: local rules.
-
-
-def scaling_law_inputs():
-    """eval.json of every teacher and of every grid point of the swept method (sizes x budgets)."""
-    method = CFG["scaling_law"]["method"]
-    return [R / p / "eval.json" for p in model_prefixes() if p.split("/")[1] in ("teacher", method)]
-
-
 rule scaling_law:
     input:
-        flag=R / ".mlflow_initialized",
+        flag=L.mlflow_flag,
         evals=scaling_law_inputs(),
     output:
-        fit=R / "scaling/fit.json",
-        points=report(R / "scaling/points.csv", caption="../report/scaling.rst", category="Scaling law"),
-        result=R / "scaling/result.json",
+        fit=L.scaling_law / "fit.json",
+        points=report(L.scaling_law / "points.csv", caption="../report/scaling.rst", category="Scaling law"),
+        result=L.scaling_law / "result.json",
     params:
-        fingerprint=section_hash("scaling_law", "run", "evaluate", "seed"),
+        cast=launcher(1),
+        out=L.scaling_law,
+        fingerprint=fingerprint(CFG, "scaling_law"),
     log:
-        R / "logs/scaling_law.log",
+        L.logs / "scaling_law.log",
     benchmark:
-        R / "benchmarks/scaling_law.tsv"
+        L.benchmarks / "scaling_law.tsv"
     localrule: True
+    conda:
+        "../../envs/cast.yaml"
     shell:
-        "{CAST} fit --config {CONFIG_FILE} --out-dir {R}/scaling --result {output.result} > {log} 2>&1"
+        '{params.cast} scaling-law --config "$CAST_CONFIG" --out-dir {params.out} --result {output.result} > {log} 2>&1'
 
 
 rule report:
     input:
-        flag=R / ".mlflow_initialized",
-        data=R / "data",
-        fit=R / "scaling/fit.json",
-        table=R / "tables/ppl.csv",
+        flag=L.mlflow_flag,
+        data=L.data,
+        fit=[L.scaling_law / "fit.json"] if CFG["scaling_law"]["method"] else [],
+        table=L.tables / "ppl.csv",
     output:
-        html=report(R / "report/index.html", caption="../report/report.rst", category="Report"),
-        md=R / "report/report.md",
-        result=R / "report/result.json",
+        html=report(L.report / "index.html", caption="../report/report.rst", category="Report"),
+        md=L.report / "report.md",
+        result=L.report / "result.json",
+    params:
+        cast=launcher(1),
+        out=L.report,
     log:
-        R / "logs/report.log",
+        L.logs / "report.log",
     benchmark:
-        R / "benchmarks/report.tsv"
+        L.benchmarks / "report.tsv"
     localrule: True
+    conda:
+        "../../envs/cast.yaml"
     shell:
-        "{CAST} report --config {CONFIG_FILE} --out-dir {R}/report --result {output.result} > {log} 2>&1"
+        '{params.cast} report --config "$CAST_CONFIG" --out-dir {params.out} --result {output.result} > {log} 2>&1'

@@ -1,25 +1,26 @@
 rule sparsify:
     input:
-        flag=R / ".mlflow_initialized",
-        data=R / "data",
-        teacher=R / "{size}/teacher/model",
+        flag=L.mlflow_flag,
+        data=L.data,
+        teacher=L.model(TEACHER_PATTERN),
     output:
-        model=directory(R / "{size}/{method}/{budget}/model"),
-        stats=R / "{size}/{method}/{budget}/mask_stats.json",
-        result=R / "{size}/{method}/{budget}/result.json",
+        model=directory(L.model(SPARSE_PATTERN)),
+        stats=L.mask_stats(SPARSE_PATTERN),
+        result=L.result(SPARSE_PATTERN),
     params:
         cast=lambda w: launcher(CFG["train"]["processes"] if method_kind(w.method) == "train" else 1),
-        out=lambda w: R / f"{w.size}/{w.method}/{w.budget}",
-        fingerprint=lambda w: section_hash("train", "sparsity", "lambda_rule", "seed",
-                                           method=CFG["methods"][w.method], model=CFG["models"][w.size]),
+        out=lambda w: L.folder(SPARSE_PATTERN.format(**w)),
+        job=lambda w: "--size {size} --method {method} --budget {budget} --replicate {replicate}".format(**run_wildcards(w)),
+        fingerprint=lambda w: fingerprint(CFG, "sparsify", **run_wildcards(w)),
     log:
-        R / "logs/sparsify/{size}_{method}_{budget}.log",
+        L.logs / "sparsify/{size}_{method}_{run}.log",
     benchmark:
-        R / "benchmarks/sparsify/{size}_{method}_{budget}.tsv"
+        L.benchmarks / "sparsify/{size}_{method}_{run}.tsv"
     threads: lambda w: CFG["threads"] * (CFG["train"]["processes"] if method_kind(w.method) == "train" else 1)
     resources:
         gpu=lambda w: gpus(w.size, method_kind(w.method) == "train", CFG["train"]["processes"]),
+    conda:
+        "../../envs/cast.yaml"
     shell:
-        "{params.cast} sparsify --config {CONFIG_FILE} --size {wildcards.size} --method {wildcards.method} "
-        "--budget {wildcards.budget} --teacher {input.teacher} --data {input.data} --out {params.out} "
-        "--result {output.result} > {log} 2>&1"
+        '{params.cast} sparsify --config "$CAST_CONFIG" {params.job} --teacher {input.teacher} --data {input.data} '
+        "--out {params.out} --result {output.result} > {log} 2>&1"

@@ -1,16 +1,20 @@
 rule table:
     input:
-        evals=[R / p / "eval.json" for p in table_prefixes()],
+        evals=[L.eval(p) for p in table_prefixes()],
     output:
-        md=report(R / "tables/ppl.md", caption="../report/ppl.rst", category="Method comparison"),
-        csv=R / "tables/ppl.csv",
-        result=R / "tables/result.json",
+        md=report(L.tables / "ppl.md", caption="../report/ppl.rst", category="Method comparison"),
+        csv=L.tables / "ppl.csv",
+        result=L.tables / "result.json",
     params:
-        prefixes=" ".join(table_prefixes()),
+        cast=launcher(1),
+        out=L.tables,
+        prefixes=" ".join(map(str, table_prefixes())),
     log:
-        R / "logs/table.log",
+        L.logs / "table.log",
     benchmark:
-        R / "benchmarks/table.tsv"
+        L.benchmarks / "table.tsv"
     localrule: True
+    conda:
+        "../../envs/cast.yaml"
     shell:
-        "{CAST} table --config {CONFIG_FILE} --out-dir {R}/tables --result {output.result} {params.prefixes} > {log} 2>&1"
+        '{params.cast} table --config "$CAST_CONFIG" --out-dir {params.out} --result {output.result} {params.prefixes} > {log} 2>&1'

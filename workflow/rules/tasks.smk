@@ -2,16 +2,19 @@
 # held-out test split; the evaluate rule points lm-eval at this folder (--tasks-dir).
 rule tasks:
     input:
-        flag=R / ".mlflow_initialized",
-        data=R / "data",
+        flag=L.mlflow_flag,
+        data=L.data,
     output:
-        directory(R / "tasks"),
+        directory(L.tasks),
     params:
-        fingerprint=section_hash("zeroshot", "seed"),
+        cast=launcher(1),
+        fingerprint=fingerprint(CFG, "tasks"),
     log:
-        R / "logs/tasks.log",
+        L.logs / "tasks.log",
     benchmark:
-        R / "benchmarks/tasks.tsv"
+        L.benchmarks / "tasks.tsv"
     threads: 1
+    conda:
+        "../../envs/cast.yaml"
     shell:
-        "{CAST} tasks --config {CONFIG_FILE} --data {input.data} --out {output} --result {output}/result.json > {log} 2>&1"
+        '{params.cast} tasks --config "$CAST_CONFIG" --data {input.data} --out {output} --result {output}/result.json > {log} 2>&1'

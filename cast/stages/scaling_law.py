@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..config import ConfigError, parse_tokens, results_dir, tracking_uri
+from ..config import results_dir, tracking_uri
 from ..io import InputError, read_json, write_json
+from ..layout import Layout, Prefix, parse_tokens
 
 GRID_KEYS = ("size", "method", "budget")
 
@@ -58,16 +59,14 @@ def runs_from_results(cfg: dict, stage: str):
     'teacher') or {size}/teacher and {size}/{method}/{budget} eval.json (stage 'evaluate')."""
     import pandas as pd
 
-    from .tables import parse_prefix
-
-    R, rows = results_dir(cfg), []
+    L, rows = Layout(results_dir(cfg)), []
     for size in cfg["run"]["sizes"]:
         if stage == "teacher":
-            files = [R / size / "teacher" / "result.json"]
+            files = [L.result(Prefix(size))]
         else:
-            files = [R / size / "teacher" / "eval.json", *sorted(R.glob(f"{size}/*/*/eval.json"))]
+            files = [L.eval(Prefix(size)), *L.sparse_evals(size)]
         for f in (f for f in files if f.exists()):
-            doc, tags = read_json(f), parse_prefix(str(f.parent.relative_to(R)))
+            doc, tags = read_json(f), L.prefix_of(f).tags()
             rows.append({"run_id": doc.get("run_id"), "start_time": f.stat().st_mtime, **tags,
                          "budget": None if tags["budget"] == "-" else tags["budget"], "finetune": None, "quant": None,
                          "non_embedding_params": doc.get("non_embedding_params"), **doc.get("metrics", {})})
@@ -89,14 +88,12 @@ def load_points(cfg: dict):
 
     Raises InputError naming every missing grid point (sizes x budgets of run.*) or teacher."""
     import pandas as pd
+
+    from ..validation import check_grid
     from .evaluate import ppl_key
 
+    check_grid(cfg)  # the config-time rules of the grid (a caller may have edited cfg since)
     method = cfg["scaling_law"]["method"]
-    if method not in cfg["run"]["methods"]:
-        raise ConfigError(f"config key 'scaling_law.method': {method!r} is not in run.methods {cfg['run']['methods']}")
-    if method not in cfg["run"]["sweep_methods"]:
-        raise ConfigError(f"config key 'scaling_law.method': {method!r} is not in run.sweep_methods "
-                          f"{cfg['run']['sweep_methods']}, so it is trained at the largest budget only")
     seqlen = cfg["evaluate"]["ppl_seqlens"][0]
     metric = ppl_key(cfg, seqlen)
 
@@ -155,9 +152,8 @@ def run(cfg: dict, out_dir: str | Path, tracker=None) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pts.to_csv(out / "points.csv", index=False)
-    from .evaluate import ppl_key
-
     from ..tracking import reachable
+    from .evaluate import ppl_key
 
     uri = tracking_uri(cfg)
     source = f"MLflow {uri}" if reachable(uri) else "result JSONs (tracking server unreachable)"
@@ -178,7 +174,12 @@ def run(cfg: dict, out_dir: str | Path, tracker=None) -> dict:
                 summary[f"fit/{name}/{check}_max_abs"] = f[check]["max_abs"]
         for p, v in f["params"].items():
             summary[f"fit/{name}/{p}"] = v["value"]
-    if tracker is not None:
-        tracker.log_metrics(summary)
     return {"fit": str(out / "fit.json"), "points": str(out / "points.csv"), "n_points": len(pts),
             "status": {k: f["status"] for k, f in fits.items()}, "metrics": summary}
+
+
+def cli(cfg: dict, args, tracker=None) -> dict:
+    res = run(cfg, args.out_dir, tracker=tracker)
+    for f in ("fit.json", "points.csv"):
+        tracker.log_artifact(Path(args.out_dir) / f)
+    return res

@@ -1,23 +1,40 @@
-"""Layer-wise one-shot pruning driver (the SparseGPT / Wanda loop), model-agnostic.
+"""The layer-wise calibration runner shared by SparseGPT, Wanda and GPTQ, model-agnostic.
 
 1. Run the model on the calibration windows until the first decoder layer and keep exactly what
    the model passes it (hidden states plus every other positional / keyword argument: attention
    mask, RoPE `position_embeddings`, position ids, ...), one entry per calibration batch.
 2. For each decoder layer: forward hooks on its target linears accumulate input statistics over
-   all calibration batches; the targets are pruned from these statistics; the layer is run again
-   with its pruned weights and its outputs become the next layer's inputs.
+   all calibration batches; then `apply` changes each target from its statistics (prunes it,
+   quantizes it). With `sequential` (SparseGPT, Wanda) the layer is run again with its new weights
+   and those outputs feed the next layer; otherwise (our GPTQ) the next layer sees the outputs of
+   the unchanged layer, i.e. every layer is calibrated on the original model's activations.
 
 The decoder layers are the nn.ModuleList holding the most targets (LLaMA `model.layers`, GPT-2
 `transformer.h`, OPT `model.decoder.layers`); no per-architecture code.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..sparsity import SparsityError
+from .errors import SparsityError
+
+
+def calibration_windows(tokens: np.ndarray, samples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """The calibration data (SparseGPT / Wanda protocol: random windows of the training corpus):
+    `samples` windows of `seqlen` consecutive tokens with uniformly random starts, (samples, seqlen)
+    int64. Same seed and stream -> same windows; windows may overlap (as in the reference code)."""
+    if samples < 1 or seqlen < 1:
+        raise ValueError(f"calibration needs samples >= 1 and seqlen >= 1, got {samples} and {seqlen}")
+    if len(tokens) < seqlen:
+        raise ValueError(f"the train split has {len(tokens)} tokens, fewer than one calibration window of {seqlen}")
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(tokens) - seqlen + 1, size=samples)
+    windows = np.stack([np.asarray(tokens[s:s + seqlen]) for s in starts]).astype(np.int64)
+    return torch.from_numpy(windows)
 
 
 class _Stop(Exception):
@@ -82,15 +99,13 @@ def _output(out):
 
 
 @torch.no_grad()
-def prune_layerwise(model: nn.Module, targets: dict[str, nn.Module], samples: torch.Tensor,
-                    make_stats: Callable[[str, nn.Module], object], prune: Callable[[str, nn.Module, object], None],
-                    device=None, batch_size: int = 8) -> dict:
-    """Prune `targets` layer by layer from calibration statistics (sequential: layer l sees the outputs of
-    the already pruned layers < l).
+def run_layerwise(model: nn.Module, targets: dict[str, nn.Module], samples: torch.Tensor,
+                  make_stats: Callable[[str, nn.Module], object], apply: Callable[[str, nn.Module, object], None],
+                  device=None, batch_size: int = 8, sequential: bool = True) -> dict:
+    """Change `targets` layer by layer from calibration statistics (see the module docstring).
 
     make_stats(name, module) -> an object with add(x) taking the module's inputs as (tokens, in_features);
-    prune(name, module, stats) prunes the module in place.
-    """
+    apply(name, module, stats) changes the module in place."""
     device = torch.device(device or "cpu")
     was_training = model.training
     model.eval()
@@ -99,20 +114,26 @@ def prune_layerwise(model: nn.Module, targets: dict[str, nn.Module], samples: to
     per_layer = layer_targets(layers, targets)
     batches = capture_layer_inputs(model, layers[0], samples, batch_size, device)
     for layer, group in zip(layers, per_layer):
+        outputs = None
         if group:
             stats = {name: make_stats(name, mod) for name, mod in group.items()}
             handles = [mod.register_forward_hook(
                 lambda _m, inp, _out, s=stats[name]: s.add(inp[0].detach().reshape(-1, inp[0].shape[-1])))
                 for name, mod in group.items()]
             try:
+                outputs = []
                 for hs, args, kwargs in batches:
-                    layer(hs, *args, **kwargs)
+                    out = _output(layer(hs, *args, **kwargs))
+                    if not sequential:
+                        outputs.append(out)
             finally:
                 for h in handles:
                     h.remove()
             for name, mod in group.items():
-                prune(name, mod, stats[name])
+                apply(name, mod, stats[name])
                 stats[name] = None  # free the statistics (a Hessian is in x in) before the next target
-        batches = [(_output(layer(hs, *args, **kwargs)), args, kwargs) for hs, args, kwargs in batches]
+        if sequential or not group:
+            outputs = [_output(layer(hs, *args, **kwargs)) for hs, args, kwargs in batches]
+        batches = [(out, args, kwargs) for out, (_, args, kwargs) in zip(outputs, batches)]
     model.train(was_training)
     return {"layers": len(layers), "calib_samples": int(samples.shape[0]), "calib_seqlen": int(samples.shape[1])}
