@@ -31,8 +31,11 @@ def _make(impl, **kw):
     return [*lin, conv, dense], opt, sched
 
 
-@pytest.mark.parametrize("kw", [dict(lam=0.1), dict(lam=0.0), dict(lam=0.1, decay="srste"),
-                                dict(lam=0.05, weight_decay=0.1)], ids=["adams", "lam0", "srste", "wd"])
+@pytest.mark.parametrize("kw", [dict(lam=0.1, second_moment="mixed"), dict(lam=0.1, second_moment="grad"),
+                                dict(lam=0.0, second_moment="mixed"), dict(lam=0.1, decay="srste", second_moment="grad"),
+                                dict(lam=0.05, weight_decay=0.1, second_moment="mixed"),
+                                dict(lam=0.05, weight_decay=0.1, second_moment="grad")],
+                         ids=["adams", "adams_grad", "lam0", "srste", "wd", "wd_grad"])
 def test_compiled_matches_foreach_every_step_without_recompiling(kw, monkeypatch):
     monkeypatch.setattr(fused, "MIN_NUMEL", 0)  # every tensor through the kernels, however small
     ref_ps, ref, ref_sched = _make("foreach", **kw)

@@ -48,20 +48,31 @@ def adam_kernel(p, g, m, v, s):
     _adam_tail(p, v, m, g, s)
 
 
-def adams_kernel(p, g, m, v, mask, s):
-    """AdamS, Eq. 7-8: masked entries step with u = (1 - a) m + a lam sign(w) and build v from u^2.
-    The mask comes as uint8 (a free view of the bool mask) and is compared as float: inductor's CPU
-    code loads a bool vector element by element (a whole step ~3x slower, 21M entries, AVX-512)."""
+def _mixed(p, g, m, mask, s):
+    """Shared head of the AdamS kernels: decoupled decay, m_t, and u of Eq. 7. The mask comes as
+    uint8 (a free view of the bool mask) and is compared as float: inductor's CPU code loads a bool
+    vector element by element (a whole step ~3x slower, 21M entries, AVX-512)."""
     mask = mask.to(p.dtype) != 0
     p.mul_(s[DECAY])
     m.lerp_(g, s[W1])
-    u = torch.where(mask, m, torch.lerp(m, torch.sign(p) * s[LAM], s[ALPHA]))  # Eq. 7
-    _adam_tail(p, v, u, torch.where(mask, g, u), s)  # Eq. 8
+    return mask, torch.where(mask, m, torch.lerp(m, torch.sign(p) * s[LAM], s[ALPHA]))  # Eq. 7
+
+
+def adams_kernel(p, g, m, v, mask, s):
+    """AdamS, second_moment='mixed' (Alg. 1): every entry steps with u and builds v from u^2 (Eq. 8)."""
+    _, u = _mixed(p, g, m, mask, s)
+    _adam_tail(p, v, u, u, s)
+
+
+def adams_grad_kernel(p, g, m, v, mask, s):
+    """AdamS, second_moment='grad' (our earlier variant): v from g^2 on kept entries, u^2 on masked."""
+    mask, u = _mixed(p, g, m, mask, s)
+    _adam_tail(p, v, u, torch.where(mask, g, u), s)
 
 
 def srste_kernel(p, g, m, v, mask, s):
     """decay='srste': g <- g + lam (1 - M) w on the raw weight, then plain Adam."""
-    mask = mask.to(p.dtype) != 0  # see adams_kernel
+    mask = mask.to(p.dtype) != 0  # see _mixed
     adam_kernel(p, torch.where(mask, g, g + s[LAM] * p), m, v, s)
 
 
@@ -101,8 +112,8 @@ def nm_masks_kernel(As, olds, n: int):
     return [o[0] for o in outs], [o[1] for o in outs]
 
 
-_RAW = {"adam": _over_lists(adam_kernel), "adams": _over_lists(adams_kernel), "srste": _over_lists(srste_kernel),
-        "mask": nm_masks_kernel}
+_RAW = {"adam": _over_lists(adam_kernel), "adams": _over_lists(adams_kernel),
+        "adams_grad": _over_lists(adams_grad_kernel), "srste": _over_lists(srste_kernel), "mask": nm_masks_kernel}
 # tensors per compiled call: chunks hold tensors of one shape, so every chunk of a given length
 # reuses one graph (dynamic sizes); a longer chunk compiles longer
 CHUNK = 32
@@ -177,8 +188,8 @@ def update_group(group, params, state, step: int, alpha: float, views: dict) -> 
     beta1, beta2 = group["betas"]
     lr, wd, lam = group["lr"], group["weight_decay"], group["lam"]
     mode = "adam"
-    if group["sparse"] and lam > 0:
-        mode = "srste" if group["decay"] == "srste" else "adams"
+    if group["sparse"] and lam > 0:  # the kernel variant is fixed per group: no recompile per step
+        mode = "srste" if group["decay"] == "srste" else "adams" if group["second_moment"] == "mixed" else "adams_grad"
     vals = [0.0] * 9
     vals[DECAY], vals[W1], vals[B2], vals[W2] = 1 - lr * wd, 1 - beta1, beta2, 1 - beta2
     vals[ALPHA], vals[LAM], vals[EPS] = alpha, lam, group["eps"]
