@@ -105,7 +105,10 @@ register("cast", "train", "cast.methods.cast_train:train_cast",
          "CAST (Alg. 2): AdamS decay on masked weights, weight scaling, distillation; dense forward",
          {**MASK_REFRESH, **DECAY, **DISTILL, **SCALING,
           "decay": {"type": "string", "enum": ["adams", "srste"], "default": "adams",
-                    "description": "AdamS (paper) or SR-STE's decay on the gradient (the 'CAST w SR-STE' ablation)"}})
+                    "description": "AdamS (paper) or SR-STE's decay on the gradient (the 'CAST w SR-STE' ablation)"},
+          "second_moment": {"type": "string", "enum": ["mixed", "grad"], "default": "mixed",
+                            "description": "AdamS v from the mixed moment on every entry (paper Alg. 1) or, ours, "
+                                           "from g^2 on kept entries"}})
 register("srste", "train", "cast.methods.cast_train:train_srste",
          "SR-STE: masked forward with a straight-through gradient, lambda_w (1 - M) W decay, plain Adam",
          {**MASK_REFRESH, **DECAY, **DISTILL})

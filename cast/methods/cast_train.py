@@ -65,7 +65,7 @@ def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, t
     opt = AdamS(param_groups(model, targets, scales, {**tcfg, "lr": lr}, mcfg), lr=lr, betas=tuple(tcfg["betas"]),
                 eps=tcfg["eps"], weight_decay=tcfg["weight_decay"], lam=lam, total_steps=steps, t1=mcfg["t1"],
                 n=sp["n"], m=sp["m"], alpha_indexing=mcfg["alpha_indexing"], decay=decay,
-                impl=tcfg.get("optimizer_impl", "foreach"))
+                second_moment=mcfg.get("second_moment", "mixed"), impl=tcfg.get("optimizer_impl", "foreach"))
     adams = opt  # the raw optimizer: accelerate wraps `opt`
     if masked_forward:  # SR-STE: the forward sees W * M from the start (initial magnitude mask)
         adams.refresh_masks()
