@@ -120,6 +120,8 @@ def canonical_budgets(cfg: dict) -> None:
     for spec in cfg["models"].values():
         if "tokens" in spec:
             spec["tokens"] = budget_label(spec["tokens"])
+        if "pretrained" not in spec:
+            spec.setdefault("max_position_embeddings", 512)
 
 
 def resolve_config(raw: dict) -> dict:

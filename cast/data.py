@@ -84,15 +84,51 @@ def split_documents(docs: list[dict], val_fraction: float, test_fraction: float,
     return {k: [docs[i] for i in sorted(v)] for k, v in idx.items()}
 
 
-def _local_loader(files: list[str]) -> tuple[str, dict]:
+TEXT_SUFFIXES = {".txt", ".text", ".md"}
+
+
+def text_documents(text: str, rule: dict) -> list[str]:
+    """The documents of one plain-text file (config `txt`): `file` = the whole file; `paragraphs` =
+    blank-line-separated paragraphs, consecutive ones grouped until a document has at least
+    `group_chars` characters; `separator` = split at every line that equals `separator`."""
+    if rule["split"] == "file":
+        parts = [text]
+    elif rule["split"] == "separator":
+        parts = re.split(rf"^[ \t]*{re.escape(rule['separator'])}[ \t]*$", text, flags=re.M)
+    else:
+        parts, cur = [], []
+        for para in re.split(r"\n[ \t]*\n", text):
+            if para.strip():
+                cur.append(para.strip())
+            if cur and sum(len(p) for p in cur) >= rule["group_chars"]:
+                parts.append("\n\n".join(cur))
+                cur = []
+        if cur:
+            parts.append("\n\n".join(cur))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def load_local_rows(files: list[str], txt_rule: dict, text_column: str, where: str) -> dict[str, list]:
+    """Columns of local files: plain text split into documents by `txt_rule` (column `text_column`),
+    or the rows of .json/.jsonl/.parquet files (through datasets)."""
     exts = {Path(f).suffix.lower() for f in files}
-    if exts <= {".txt", ".text", ".md"}:
-        return "text", {"sample_by": "document"}
-    if exts <= {".json", ".jsonl"}:
-        return "json", {}
-    if exts <= {".parquet"}:
-        return "parquet", {}
-    raise InputError(f"data.files: unsupported or mixed file types {sorted(exts)} (use .txt, .json/.jsonl or .parquet)")
+    for f in files:
+        if not Path(f).exists():
+            raise InputError(f"{where}: file not found: {f}")
+    if exts <= TEXT_SUFFIXES:
+        docs = []
+        for f in files:
+            docs += text_documents(Path(f).read_text(encoding="utf-8", errors="replace"), txt_rule)
+        return {text_column: docs}
+    loader = "json" if exts <= {".json", ".jsonl"} else "parquet" if exts <= {".parquet"} else None
+    if loader is None:
+        raise InputError(f"{where}: unsupported or mixed file types {sorted(exts)} (use .txt/.md, .json/.jsonl or .parquet)")
+    import datasets
+
+    try:
+        return datasets.load_dataset(loader, data_files=list(files), split="train").to_dict()
+    except Exception as e:  # noqa: BLE001 - one line naming the files
+        raise InputError(f"cannot read {where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 def load_corpus(dcfg: dict) -> dict[str, list[dict]]:
@@ -121,20 +157,14 @@ def load_corpus(dcfg: dict) -> dict[str, list[dict]]:
                     out[k] = [{"title": f"{k}-{i}", "text": t} for i, t in enumerate(rows)]
                 if out["validation"] and out["test"]:
                     return _check_nonempty(out, where)
-            ds = dd[named["train"]]
+            ds = dd[named["train"]]  # one split, cut by document below
+            rows = {c: (ds[c] if c == col else None) for c in ds.column_names}
         else:
-            for f in dcfg["files"]:
-                if not Path(f).exists():
-                    raise InputError(f"data file not found: {f}")
-            loader, kw = _local_loader(dcfg["files"])
             where = f"data.files {dcfg['files']}"
-            try:
-                ds = datasets.load_dataset(loader, data_files=dcfg["files"], split="train", **kw)
-            except Exception as e:  # noqa: BLE001
-                raise InputError(f"cannot read {where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-        if col not in ds.column_names:
-            raise InputError(f"{where}: no text column {col!r} (data.text_column); columns: {ds.column_names}")
-        docs = [{"title": f"doc-{i}", "text": t} for i, t in enumerate(ds[col]) if t and len(t) >= dcfg["min_chars"]]
+            rows = load_local_rows(dcfg["files"], dcfg["txt"], col, where)
+        if col not in rows:
+            raise InputError(f"{where}: no text column {col!r} (data.text_column); columns: {list(rows)}")
+        docs = [{"title": f"doc-{i}", "text": t} for i, t in enumerate(rows[col]) if t and len(t) >= dcfg["min_chars"]]
     if dcfg.get("max_documents"):
         docs = docs[: dcfg["max_documents"]]
     if len(docs) < 3:
@@ -193,9 +223,14 @@ def encode_stream(tok, texts: list[str]) -> np.ndarray:
     return np.asarray(out, dtype=token_dtype(len(tok)))
 
 
+def joined_text(texts: list[str]) -> str:
+    """An evaluation split as one text (WikiText-2 protocol): documents joined with blank lines."""
+    return "\n\n".join(texts)
+
+
 def encode_joined(tok, texts: list[str]) -> np.ndarray:
-    """Evaluation stream (WikiText-2 protocol): documents joined with blank lines, tokenized once."""
-    ids = tok("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+    """Evaluation stream: the joined split (joined_text), tokenized once."""
+    ids = tok(joined_text(texts), add_special_tokens=False)["input_ids"]
     return np.asarray(ids, dtype=token_dtype(len(tok)))
 
 

@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from .data import _local_loader, encode_joined, encode_stream, news_articles
+from .data import encode_joined, encode_stream, load_local_rows, news_articles
 from .io import InputError
 
 
@@ -29,19 +29,16 @@ def load_texts(d: dict, name: str) -> list[str]:
     else:
         import datasets
 
-        try:
-            if d["source"] == "hf":
-                where = f"finetune.datasets.{name}: dataset {d['path']}"
-                ds = datasets.load_dataset(d["path"], d["name"], split=d["split"])
-            else:
-                where = f"finetune.datasets.{name}: files {d['files']}"
-                loader, kw = _local_loader(d["files"])
-                ds = datasets.load_dataset(loader, data_files=d["files"], split="train", **kw)
-        except InputError:
-            raise
-        except Exception as e:  # noqa: BLE001 - one line naming the source
-            raise InputError(f"cannot load {where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-        texts = _rows_to_texts(ds.to_dict(), d, where)
+        if d["source"] == "hf":
+            where = f"finetune.datasets.{name}: dataset {d['path']}"
+            try:
+                rows = datasets.load_dataset(d["path"], d["name"], split=d["split"]).to_dict()
+            except Exception as e:  # noqa: BLE001 - one line naming the source
+                raise InputError(f"cannot load {where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        else:
+            where = f"finetune.datasets.{name}: files {d['files']}"
+            rows = load_local_rows(d["files"], d["txt"], d["text_column"], where)
+        texts = _rows_to_texts(rows, d, where)
     # exact duplicates dropped (the Lee corpus repeats 7 articles): a copy must not sit in both splits
     texts = list(dict.fromkeys(t.strip() for t in texts if len(t.strip()) >= d["min_chars"]))
     if len(texts) < 2:

@@ -60,6 +60,8 @@ def atomic_dir(path: str | Path):
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        for sub in tmp.rglob("*"):  # writers (safetensors among them) may create private 0600 files
+            os.chmod(sub, _DIR_MODE if sub.is_dir() else _FILE_MODE)
         os.chmod(tmp, _DIR_MODE)
         if path.exists():
             shutil.rmtree(path)

@@ -14,7 +14,7 @@ from .layout import Prefix
 # keys that change how a job runs, never what it computes: left out of every slice, so switching
 # them neither reruns finished jobs nor makes their checkpoints unusable
 RUNTIME_ONLY = {"train": ("malloc", "checkpoint_every"), "teacher": ("checkpoint_every",),
-                "finetune": ("checkpoint_every",)}
+                "finetune": ("checkpoint_every",), "evaluate": ("group",)}
 # grid selection: which jobs exist, not what one computes
 SELECTION = {"finetune": ("datasets", "sizes", "methods", "apply_to"), "quantize": ("schemes", "sizes", "methods", "apply_to"),
              "zeroshot": ("on_variants",)}
@@ -44,7 +44,7 @@ def _evaluate(cfg, prefix, **_):
     p = Prefix.parse(prefix)
     variant = bool(p.finetune or p.quant)
     zs = cfg["zeroshot"]["enabled"] and (cfg["zeroshot"]["on_variants"] or not variant)
-    return {"evaluate": cfg["evaluate"], "zeroshot": section(cfg, "zeroshot") if zs else {"enabled": False}}
+    return {"evaluate": section(cfg, "evaluate"), "zeroshot": section(cfg, "zeroshot") if zs else {"enabled": False}}
 
 
 def _finetune(cfg, dataset, **_):

@@ -3,9 +3,9 @@
 The one place that builds and parses result paths (rules, stages, tables, the fit and the report
 all come here). Light: no torch; Snakemake imports it at parse time.
 
-    data/                                  corpus splits, tokenizer, packed tokens
-    tasks/                                 offline lm-eval tasks (zero-shot)
-    downstream/{dataset}/                  fine-tuning token streams
+    data/{tokenizer}/                      corpus split (the same for every tokenizer), tokenizer, packed tokens
+    tasks/                                 offline lm-eval tasks (zero-shot), built from the test split's text
+    downstream/{dataset}/{tokenizer}/      fine-tuning token streams
     {size}/teacher/                        the dense teacher            \
     {size}/{method}/{run}/                 a sparse model                > a model folder ("prefix"):
     {base}/finetune/{dataset}/             a fine-tuned variant         |  model/, result.json,
@@ -176,8 +176,13 @@ class Layout:
     mlflow_flag = property(lambda self: self.root / ".mlflow_initialized")
     mlflow_db = property(lambda self: self.root / "mlflow.db")
 
-    def downstream(self, dataset: str) -> Path:
-        return self.root / "downstream" / dataset
+    def data_dir(self, tokenizer: str) -> Path:
+        """The corpus split, one tokenizer and its packed tokens (cast.tokenizers names it)."""
+        return self.data / tokenizer
+
+    def downstream(self, dataset: str, tokenizer: str) -> Path:
+        """A fine-tuning dataset's token streams in one tokenizer."""
+        return self.root / "downstream" / dataset / tokenizer
 
     def folder(self, prefix) -> Path:
         return self.root / str(prefix)

@@ -72,8 +72,55 @@ def load_model(path: str, dtype=torch.float32, trust_remote_code: bool = False, 
     return model
 
 
-def save_model(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
-    """Atomic safetensors export that AutoModelForCausalLM and lm-eval load by path."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def checkpoint_dtype(path: str | Path) -> torch.dtype | None:
+    """The dtype a local checkpoint is stored in: its config.json (`dtype`, or `torch_dtype` before
+    transformers 5), else its first safetensors tensor; None if neither tells."""
+    import json
+
+    p = Path(path)
+    try:
+        cfg = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    name = cfg.get("dtype") or cfg.get("torch_dtype")
+    if isinstance(name, str) and name in DTYPES:
+        return DTYPES[name]
+    files = sorted(p.glob("*.safetensors"))
+    if files:
+        from safetensors import safe_open
+
+        with safe_open(str(files[0]), "pt") as f:
+            key = next(iter(f.keys()), None)
+            code = f.get_slice(key).get_dtype() if key else None
+        return {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(code)
+    return None
+
+
+def export_dtype(cfg: dict, size: str) -> torch.dtype:
+    """What a size's models are saved in: `models.<size>.dtype`; `auto` keeps a checkpoint's own
+    dtype (presets: float32). Training and pruning compute in float32 either way."""
+    spec = cfg["models"][size]
+    if spec.get("dtype", "auto") != "auto":
+        return DTYPES[spec["dtype"]]
+    if "pretrained" in spec and looks_local(spec["pretrained"]):
+        return checkpoint_dtype(Path(spec["pretrained"]).expanduser()) or torch.float32
+    if "pretrained" in spec:  # a hub id: its config in the cache, if there
+        from .validation import checkpoint_config
+
+        mc, _ = checkpoint_config(spec["pretrained"])
+        name = (mc or {}).get("dtype") or (mc or {}).get("torch_dtype")
+        return DTYPES.get(name, torch.float32)
+    return torch.float32
+
+
+def save_model(model: nn.Module, tokenizer, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Atomic safetensors export that AutoModelForCausalLM and lm-eval load by path, in `dtype`
+    (default: the model's own). Files get the modes any other output gets (the umask)."""
+    if dtype is not None and any(p.dtype != dtype for p in model.parameters() if p.is_floating_point()):
+        model = model.to(dtype)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:

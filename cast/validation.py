@@ -16,8 +16,8 @@ from .errors import ConfigError
 
 
 def check_cross_fields(cfg: dict) -> None:
-    for rule in (_sparsity, check_grid, _variants, _models, _sequence_lengths, _batches, _data, _finetune_data,
-                 _method_entries, _zeroshot):
+    for rule in (_sparsity, check_grid, _variants, _models, _tokenizers, _sequence_lengths, _batches, _data,
+                 _finetune_data, _method_entries, _zeroshot):
         rule(cfg)
 
 
@@ -124,9 +124,10 @@ def _models(cfg: dict) -> None:
         if "pretrained" in spec:
             if looks_local(spec["pretrained"]) and not Path(spec["pretrained"]).expanduser().is_dir():
                 raise ConfigError(f"config key '{key}.pretrained': model directory not found: {spec['pretrained']}")
-            if "tokens" in spec:
-                raise ConfigError(f"config key '{key}.tokens': a pretrained checkpoint is not trained here; "
-                                  "tokens applies to presets only")
+            for extra, why in (("tokens", "a pretrained checkpoint is not trained here; tokens applies to presets only"),
+                               ("max_position_embeddings", "a checkpoint's positions come from its own config.json")):
+                if extra in spec:
+                    raise ConfigError(f"config key '{key}.{extra}': {why}")
             continue
         heads, kv = spec["num_heads"], spec.get("num_kv_heads", spec["num_heads"])
         if spec["hidden_size"] % heads:
@@ -138,6 +139,28 @@ def _models(cfg: dict) -> None:
             if spec[dim] % m:
                 raise ConfigError(f"config key '{key}.{dim}': {spec[dim]} is not divisible by M={m} (sparsity.m); "
                                   "N:M groups need it")
+
+
+def _tokenizers(cfg: dict) -> None:
+    """Each model's tokenizer exists and fits its embeddings (a token id past vocab_size would
+    crash the first forward with an IndexError)."""
+    from .tokenizers import max_token_id, source
+
+    for size in cfg["run"]["sizes"]:
+        spec, src = cfg["models"][size], source(cfg, size)
+        key = f"models.{size}.tokenizer" if spec.get("tokenizer") else \
+            (f"models.{size}.pretrained" if "pretrained" in spec else "data.tokenizer.path")
+        if src is None or not looks_local(src):
+            continue
+        if not Path(src).expanduser().is_dir():
+            raise ConfigError(f"config key '{key}': tokenizer directory not found: {src}")
+        if "pretrained" not in spec:
+            continue  # a preset is built with the tokenizer's own vocabulary size
+        mc, where = checkpoint_config(spec["pretrained"])
+        top, vocab = max_token_id(src), (mc or {}).get("vocab_size")
+        if top is not None and vocab and top >= vocab:
+            raise ConfigError(f"config key '{key}': the tokenizer {src} has token ids up to {top}, but models.{size} "
+                              f"embeds only vocab_size={vocab} ({where}); use the checkpoint's own tokenizer")
 
 
 def _sequence_lengths(cfg: dict) -> None:

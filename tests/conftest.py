@@ -71,3 +71,30 @@ def micro_teacher(micro_data, tmp_path) -> Path:
     cfg, data = micro_data
     tok = load_tokenizer(str(data / "tokenizer"))
     return save_model(build_llama(cfg["models"]["xs"], len(tok), tok, seed=0), tok, tmp_path / "teacher")
+
+
+@pytest.fixture(scope="session")
+def repo_clone(tmp_path_factory) -> Path:
+    """A copy of the repository as a clone has it (tracked and untracked, not ignored, files): the
+    place to run a documented command verbatim from the repository root without touching this one."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    root = tmp_path_factory.mktemp("clone") / "cast"
+    for f in filter(None, files):
+        if (REPO / f).is_file():
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, root / f)
+    return root
+
+
+def user_env(**extra) -> dict:
+    """The environment of a user who activated the virtualenv (`source .venv/bin/activate`): its
+    console scripts (snakemake, cast, lm_eval) first on PATH; offline."""
+    import sys
+
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "CAST_NO_TQDM": "1",
+            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **extra}

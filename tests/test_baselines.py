@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llama
 
 from cast.config import load_schema
 from cast.hessian import Hessian
@@ -13,6 +12,8 @@ from cast.methods import get, kind_of
 from cast.methods.sparsegpt import sparsegpt_prune
 from cast.methods.wanda import InputNorms, wanda_mask, wanda_scores
 from cast.sparsity import SparsityError, check_model, count_violations, find_targets, nm_mask
+
+from conftest import tiny_llama
 
 _SPARSITY = load_schema()["properties"]["sparsity"]["properties"]
 TARGETS, EXCLUDE = _SPARSITY["targets"]["default"], _SPARSITY["exclude"]["default"]  # the schema defaults

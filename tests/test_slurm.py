@@ -79,7 +79,7 @@ def test_workflow_completes_through_sbatch(slurm_run):
     R = Path(raw["results_dir"])
     for prefix in ("xs/teacher", "xs/cast/16k", "xs/magnitude/0", "xs/cast/16k/finetune/news"):
         assert json.loads((R / prefix / "eval.json").read_text())["metrics"], prefix
-    for out in ("tables/ppl.md", "tables/ppl.csv", "scaling/fit.json", "report/index.html", "report/report.md"):
+    for out in ("tables/ppl.md", "tables/ppl.csv", "scaling_law/fit.json", "report/index.html", "report/report.md"):
         assert (R / out).exists(), out
     rules = sorted(_rule(c)[0] for c in slurm_run["calls"])
     # local rules never reach sbatch; `data` runs twice: its first job is failed by the mock (retries: 1)
@@ -99,7 +99,7 @@ def test_sbatch_requests_gpus_only_for_training(slurm_run):
     assert gpu[("sparsify", "xs_cast_16k")] == "1"
     assert gpu[("finetune", "xs_cast_16k_news")] == "1"
     assert gpu[("sparsify", "xs_magnitude_0")] is None
-    assert gpu[("data", "")] is None and gpu[("downstream", "news")] is None
+    assert gpu[("data", "bpe")] is None and gpu[("downstream", "news_bpe")] is None
     assert [k for k in by_job if k[0] == "evaluate" and gpu[k]] == []
     for key, call in by_job.items():
         assert "--gres" not in call["options"], key

@@ -69,7 +69,11 @@ STAGES = {s.name: s for s in (
           "Loads the corpus (embedded Wikipedia sample, a Hugging Face dataset or local files), splits it "
           "by document, trains or loads the tokenizer and writes tokens_{train,validation,test}.npy.",
           "cast data --config cfg.yaml --out results/data --result results/data/result.json",
-          "cast.stages.data:cli", (OUT,), metrics=(("data/unigram_ppl_test", "unigram_ppl_test"), ("data/tokens_", "tokens"))),
+          "cast.stages.data:cli",
+          (OUT, Arg("--tokenizer", "hub id or local folder of the tokenizer, or `bpe` for one trained on the train split; "
+                    "omitted: data.tokenizer.path (bpe if unset)",
+                    required=False)), ("tokenizer:tokenizer",),
+          metrics=(("data/unigram_ppl_test", "unigram_ppl_test"), ("data/tokens_", "tokens"))),
     Stage("tasks", "offline zero-shot lm-eval tasks (JSONL + YAML) from the held-out test split",
           "Builds the local tasks cast_mc (HellaSwag-style), cast_lastword (LAMBADA-style) and cast_ppl "
           "(rolling perplexity) from the test split only.",
@@ -101,6 +105,14 @@ STAGES = {s.name: s for s in (
           (MODEL, DATA, Arg("--tasks-dir", "folder of the `tasks` stage (the local zero-shot tasks)", required=False),
            Arg("--no-zeroshot", "perplexity only", required=False, action="store_true"), *_tag_args(*VARIANT_TAGS)),
           VARIANT_TAGS, metrics=(("", "metrics"),)),
+    Stage("evaluate-group", "evaluate several model folders in one process (evaluate.group: size)",
+          "Runs `cast evaluate` on each model folder (relative to results_dir) in turn, paying the imports "
+          "once: one MLflow run and one eval.json per model, zero-shot as evaluate.on_variants says.",
+          "cast evaluate-group --config cfg.yaml --data results/data/bpe --tasks-dir results/tasks xs/teacher xs/cast/256k",
+          "cast.stages.evaluate:group_cli",
+          (DATA, Arg("--tasks-dir", "folder of the `tasks` stage (the local zero-shot tasks)", required=False),
+           Arg("prefixes", "model folders relative to results_dir, all of one size", nargs="+")),
+          job=False, result=False),
     Stage("quantize", "weight-only quantization of a model folder (zeros stay zero)",
           "Round-to-nearest, GPTQ (keeping the sparsity mask) or torchao's RTN; writes the dequantized model, "
           "the integer codes (qstate.safetensors) and quant.json.",

@@ -6,12 +6,27 @@ from pathlib import Path
 
 from ..config import looks_local
 from ..data import load_tokens
+from ..io import read_json, write_json
 from ..models import check_model_dir, load_model, pick_device
 from .data import dataset_name
 
 
-def ppl_key(cfg: dict, seqlen: int) -> str:
-    return f"ppl/{dataset_name(cfg)}_{cfg['evaluate']['ppl_split']}/s{seqlen}"
+def ppl_key(cfg: dict, seqlen: int, metric: str = "ppl") -> str:
+    """MLflow name of the perplexity (or `bpb`, bits per byte) at one window length."""
+    return f"{metric}/{dataset_name(cfg)}_{cfg['evaluate']['ppl_split']}/s{seqlen}"
+
+
+def bits_per_byte(nll: float, data_dir: str | Path, split: str) -> float | None:
+    """Bits per byte of the evaluated text: the mean NLL per scored token (nats) / ln 2, times the
+    split's tokens per UTF-8 byte (its whole joined stream; cast.data.joined_text). Comparable
+    across tokenizers, unlike perplexity. None for data folders written before bytes were counted."""
+    import math
+
+    from ..io import read_json
+
+    info = read_json(Path(data_dir) / "result.json") if (Path(data_dir) / "result.json").exists() else {}
+    tokens, nbytes = info.get("tokens", {}).get(split), info.get("bytes", {}).get(split)
+    return nll / math.log(2) * tokens / nbytes if tokens and nbytes else None
 
 
 def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, tasks_dir: str | Path | None = None,
@@ -32,14 +47,22 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, tasks_dir: str |
     with tempfile.TemporaryDirectory(prefix="cast_tasks_") as tmp:
         plan = zeroshot_plan(cfg, data_dir, tasks_dir, Path(tmp)) if cfg["zeroshot"]["enabled"] and with_zeroshot else None
         model = load_model(str(model_dir), trust_remote_code=cfg["trust_remote_code"]).to(dev)
-        tokens = load_tokens(data_dir, cfg["evaluate"]["ppl_split"])
+        split = cfg["evaluate"]["ppl_split"]
+        tokens = load_tokens(data_dir, split)
         metrics, details = {}, {}
         for s in cfg["evaluate"]["ppl_seqlens"]:
             r = perplexity(model, tokens, s, cfg["evaluate"]["batch_size"], dev)
             key = ppl_key(cfg, s)
             metrics[key] = r["ppl"]
+            bpb = bits_per_byte(r["nll"], data_dir, split)
+            if bpb is not None:
+                metrics[ppl_key(cfg, s, "bpb")] = bpb
             details[key] = r
-        result = {"metrics": metrics, "details": details}
+        result = {"metrics": metrics, "details": details, "tokenizer": Path(data_dir).resolve().name}
+        made = Path(model_dir).parent / "result.json"  # the job that made this model: tokens it trained on
+        trained = read_json(made).get("tokens") if made.exists() else None
+        if isinstance(trained, int) and trained > 0:
+            metrics["model/trained_tokens"] = trained
         if plan is not None:
             del model
             zs = zeroshot(cfg, model_dir, data_dir, plan, dev)
@@ -78,10 +101,37 @@ def zeroshot(cfg: dict, model_dir: str | Path, data_dir: str | Path, plan: dict,
     return {**res, "tasks": plan["names"], "tasks_dir": plan["where"], "wall_s": time.time() - t0}
 
 
-def cli(cfg: dict, args, tracker=None) -> dict:
-    res = run(cfg, args.model, args.data, tasks_dir=args.tasks_dir, with_zeroshot=not args.no_zeroshot)
-    if args.finetune:  # fine-tuned models: also perplexity on their downstream test split
-        from .finetune import downstream_ppl
+def evaluate_model(cfg: dict, model_dir, data_dir, tasks_dir=None, with_zeroshot=True, finetune=None) -> dict:
+    """run(), plus the downstream perplexity of a model fine-tuned on dataset `finetune`."""
+    res = run(cfg, model_dir, data_dir, tasks_dir=tasks_dir, with_zeroshot=with_zeroshot)
+    if finetune:
+        from .finetune import downstream_dir, downstream_ppl
 
-        res["metrics"].update(downstream_ppl(cfg, args.model, args.finetune))
+        res["metrics"].update(downstream_ppl(cfg, model_dir, finetune, downstream_dir(cfg, finetune, data_dir)))
     return res
+
+
+def cli(cfg: dict, args, tracker=None) -> dict:
+    return evaluate_model(cfg, args.model, args.data, args.tasks_dir, not args.no_zeroshot, args.finetune)
+
+
+def group_cli(cfg: dict, args, _tracker=None) -> int:
+    """`cast evaluate-group` (evaluate.group: size): the model folders of one size in one process,
+    which pays the imports once; one MLflow run and one eval.json per model, as `cast evaluate`."""
+    from ..config import results_dir
+    from ..jobs import job_config
+    from ..layout import Layout, Prefix
+    from ..tracking import is_main_process, start_run
+
+    L = Layout(results_dir(cfg))
+    for p in map(Prefix.parse, args.prefixes):
+        zs = cfg["zeroshot"]["on_variants"] or not (p.finetune or p.quant)
+        tags = {k: str(v) for k, v in p.tags().items() if v != "-"}
+        with start_run(cfg, "evaluate", tags, params=job_config(cfg, "evaluate", prefix=str(p))) as tr:
+            res = evaluate_model(cfg, L.model(p), args.data, args.tasks_dir, zs, p.finetune)
+            tr.log_metrics(res["metrics"])
+            tr.set_tags({"model_dir": str(L.model(p).resolve())})
+        if is_main_process():
+            write_json(L.eval(p), {"stage": "evaluate", "tags": tags, "run_id": tr.run_id, **res})
+        print(f"evaluated {p}: " + ", ".join(f"{k} {v:.4g}" for k, v in res["metrics"].items() if k.startswith("ppl/")))
+    return 0

@@ -18,7 +18,7 @@ from ..frozen_mask import freeze_zeros
 from ..io import atomic_dir
 from ..jobs import fingerprint
 from ..layout import Layout, parse_tokens
-from ..models import load_model, pick_device, save_model
+from ..models import checkpoint_dtype, load_model, pick_device, save_model
 from ..sparsity import assert_exact_nm, assert_zeros_kept, find_targets, nm_status, revived
 from ..train import BlockSampler, make_scheduler, steps_for_budget, train
 from .common import load_dense, setup, tokenizer_of
@@ -31,8 +31,9 @@ def dataset_config(cfg: dict, dataset: str) -> dict:
     return ds[dataset]
 
 
-def downstream_dir(cfg: dict, dataset: str) -> Path:
-    return Layout(results_dir(cfg)).downstream(dataset)
+def downstream_dir(cfg: dict, dataset: str, data_dir: str | Path) -> Path:
+    """The dataset's tokens in the tokenizer of data_dir (results/data/{tokenizer})."""
+    return Layout(results_dir(cfg)).downstream(dataset, Path(data_dir).name)
 
 
 def prepare(cfg: dict, dataset: str, data_dir: str | Path, out_dir: str | Path) -> dict:
@@ -53,7 +54,7 @@ def load_split(ddir: str | Path, split: str) -> np.ndarray:
     return load_tokens(ddir, split)
 
 
-def downstream_ppl(cfg: dict, model, dataset: str, ddir: str | Path | None = None) -> dict:
+def downstream_ppl(cfg: dict, model, dataset: str, ddir: str | Path) -> dict:
     """Perplexity on the downstream test split at every evaluate.ppl_seqlens:
     {"ppl/{dataset}_test/s{seqlen}": ppl}. model: a model object or a model directory."""
     from ..perplexity import perplexity
@@ -62,7 +63,7 @@ def downstream_ppl(cfg: dict, model, dataset: str, ddir: str | Path | None = Non
     if not isinstance(model, torch.nn.Module):
         model = load_model(str(model), trust_remote_code=cfg["trust_remote_code"])
     model = model.to(dev)
-    tokens = load_split(ddir or downstream_dir(cfg, dataset), "test")
+    tokens = load_split(ddir, "test")
     return {f"ppl/{dataset}_test/s{s}": perplexity(model, tokens, s, cfg["evaluate"]["batch_size"], dev, desc="")["ppl"]
             for s in cfg["evaluate"]["ppl_seqlens"]}
 
@@ -72,7 +73,7 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, dataset: str, ou
     dataset_config(cfg, dataset)
     ft, sp = cfg["finetune"], cfg["sparsity"]
     out_dir = Path(out_dir)
-    ddir = Path(ddir) if ddir else downstream_dir(cfg, dataset)
+    ddir = Path(ddir) if ddir else downstream_dir(cfg, dataset, data_dir)
     t0 = time.time()
     acc = setup(cfg, cfg["train"]["precision"])
     tok = tokenizer_of(data_dir, cfg)
@@ -125,7 +126,7 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, dataset: str, ou
               "distilled": teacher is not None, "final_train_ce": last.get("train/ce"), "nm_violations": 0 if sparse else None,
               "revived_max": max((h["finetune/revived"] for h in history), default=0), "history": history}
     if acc.is_main_process:
-        save_model(model, tok, out_dir / "model")
+        save_model(model, tok, out_dir / "model", dtype=checkpoint_dtype(model_dir))  # the input's dtype
         shutil.rmtree(ckpt, ignore_errors=True)
         after = downstream_ppl(cfg, model, dataset, ddir)
         result.update(ppl_before=ppl_before, ppl_after=after)

@@ -17,7 +17,7 @@ from ..errors import CastError, ConfigError
 from ..hessian import Hessian
 from ..io import write_json
 from ..layerwise import calibration_windows, run_layerwise
-from ..models import pick_device, save_model
+from ..models import checkpoint_dtype, pick_device, save_model
 from ..quant import quantize_targets
 from ..sparsity import SparsityError, assert_zeros_kept, find_targets, keep_masks, nm_status, weight_matrix
 from .common import load_dense, tokenizer_of, train_tokens
@@ -73,7 +73,7 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, scheme: str, out
     if was_nm and not now_nm:
         raise SparsityError(f"quantization {scheme} broke {sp['n']}:{sp['m']} sparsity: {violations} violating groups")
     model = model.to("cpu")
-    save_model(model, tok, out_dir / "model")
+    save_model(model, tok, out_dir / "model", dtype=checkpoint_dtype(model_dir))  # bf16 in, bf16 out (codes exact in qstate)
     from safetensors.torch import save_file
 
     save_file({f"{n}.{k}": st[k] for n, st in states.items() for k in ("q", "scales")}, str(out_dir / "qstate.safetensors"))

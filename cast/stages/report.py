@@ -260,7 +260,9 @@ def _curves(doc: _Doc, cfg: dict):
 
 def _attribution(doc: _Doc, cfg: dict, L: Layout):
     doc.h(2, "Data and licence")
-    att = L.data / "ATTRIBUTION.md"
+    from ..tokenizers import ids
+
+    att = L.data_dir(next(iter(ids(cfg)))) / "ATTRIBUTION.md"
     if att.exists():
         doc.pre(att.read_text())
     else:

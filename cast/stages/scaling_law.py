@@ -16,6 +16,7 @@ from ..io import InputError, read_json, write_json
 from ..layout import Layout, Prefix, parse_tokens
 
 GRID_KEYS = ("size", "method", "budget")
+TRAINED = "model/trained_tokens"  # logged by `cast evaluate` from the model folder's result.json
 
 
 def _col(df, name):
@@ -43,10 +44,10 @@ def finished_runs(cfg: dict, stage: str):
                          f"(config key 'experiment'); run the pipeline first")
     df = mlflow.search_runs(experiment_names=[cfg["experiment"]], filter_string=f"tags.stage = '{stage}'")
     if len(df) == 0:
-        return pd.DataFrame(columns=["run_id", "start_time", *GRID_KEYS, "finetune", "quant"])
+        return pd.DataFrame(columns=["run_id", "start_time", *GRID_KEYS, "replicate", "finetune", "quant"])
     df = df[df["status"] == "FINISHED"].sort_values("start_time", ascending=False)
     out = pd.DataFrame({"run_id": df["run_id"], "start_time": df["start_time"]})
-    for tag in (*GRID_KEYS, "finetune", "quant", "non_embedding_params"):
+    for tag in (*GRID_KEYS, "replicate", "finetune", "quant", "non_embedding_params"):
         out[tag] = list(_col(df, f"tags.{tag}"))
     for c in df.columns:
         if c.startswith("metrics."):
@@ -69,9 +70,10 @@ def runs_from_results(cfg: dict, stage: str):
             doc, tags = read_json(f), L.prefix_of(f).tags()
             rows.append({"run_id": doc.get("run_id"), "start_time": f.stat().st_mtime, **tags,
                          "budget": None if tags["budget"] == "-" else tags["budget"], "finetune": None, "quant": None,
+                         "replicate": tags.get("replicate"),
                          "non_embedding_params": doc.get("non_embedding_params"), **doc.get("metrics", {})})
-    return pd.DataFrame(rows, columns=None if rows else ["run_id", "start_time", *GRID_KEYS, "finetune", "quant",
-                                                          "non_embedding_params"])
+    return pd.DataFrame(rows, columns=None if rows else ["run_id", "start_time", *GRID_KEYS, "replicate", "finetune",
+                                                          "quant", "non_embedding_params"])
 
 
 def _newest(df, keys):
@@ -98,7 +100,7 @@ def load_points(cfg: dict):
     metric = ppl_key(cfg, seqlen)
 
     ev = finished_runs(cfg, "evaluate")
-    ev = ev[ev["finetune"].map(_is_missing) & ev["quant"].map(_is_missing)]
+    ev = ev[ev["finetune"].map(_is_missing) & ev["quant"].map(_is_missing) & ev["replicate"].map(_is_missing)]
     ev = ev[ev["size"].isin(cfg["run"]["sizes"])]
     ev = ev.assign(metric=ev[metric] if metric in ev.columns else float("nan"))
     sparse = ev[ev["method"] == method].copy()
@@ -130,7 +132,9 @@ def load_points(cfg: dict):
             if missing:
                 continue
             ppl, ppl_dense = float(s["metric"].iloc[0]), float(d["metric"].iloc[0])
-            rows.append({"size": size, "method": method, "budget": label, "N": int(n_params), "D": D,
+            seen = s[TRAINED].iloc[0] if TRAINED in s.columns else None  # tokens actually trained (whole batches)
+            rows.append({"size": size, "method": method, "budget": label, "N": int(n_params),
+                         "D": int(seen) if not _is_missing(seen) else D, "D_nominal": D,
                          "ppl": ppl, "L": math.log(ppl), "ppl_dense": ppl_dense, "L_dense": math.log(ppl_dense),
                          "dL": math.log(ppl) - math.log(ppl_dense), "run_id": s["run_id"].iloc[0],
                          "dense_run_id": d["run_id"].iloc[0], "teacher_run_id": t["run_id"].iloc[0]})

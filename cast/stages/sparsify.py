@@ -13,7 +13,7 @@ from ..config import method_config
 from ..io import write_json
 from ..jobs import fingerprint
 from ..layout import budget_label, parse_tokens
-from ..models import save_model
+from ..models import export_dtype, save_model
 from ..sparsity import assert_exact_nm, check_model, find_targets
 from .common import load_dense, setup, tokenizer_of, train_tokens
 
@@ -44,14 +44,16 @@ def run(cfg: dict, size: str, method: str, budget, teacher_dir: str | Path, data
     violations = check_model(model, targets, sp["n"], sp["m"])
     history = info.pop("history", [])
     if acc.is_main_process:
-        save_model(model, tok, out_dir / "model")
+        save_model(model, tok, out_dir / "model", dtype=export_dtype(cfg, size))
         shutil.rmtree(out_dir / ".ckpt", ignore_errors=True)  # finished: nothing left to resume
         write_json(out_dir / "mask_stats.json", {"history": history, "violations": sum(violations.values()),
                                                   "targets": len(targets)})
     acc.wait_for_everyone()
     zeros = sum(int((mod.weight == 0).sum()) for mod in targets.values())
     total = sum(mod.weight.numel() for mod in targets.values())
-    return {"algorithm": mcfg["algorithm"], "kind": entry.kind, "tokens": tokens_budget, "seed": seed,
+    # tokens actually trained: whole global batches (the budget label stays in the path)
+    trained = info.get("steps", 0) * cfg["train"]["batch_size"] * cfg["train"]["seqlen"] if entry.kind == "train" else 0
+    return {"algorithm": mcfg["algorithm"], "kind": entry.kind, "tokens": trained, "budget_tokens": tokens_budget, "seed": seed,
             "wall_s": time.time() - t0, "nm_violations": 0, "target_sparsity": zeros / total, "targets": len(targets),
             **info}
 

@@ -16,14 +16,17 @@ from ..layout import Layout, Prefix
 def collect(cfg: dict, prefixes: list[str]):
     import pandas as pd
 
+    from ..tokenizers import id_of
+
     L = Layout(results_dir(cfg))
-    unigram = read_json(L.data / "result.json").get("unigram_ppl_test")
     rows = []
     for prefix in map(Prefix.parse, prefixes):
         res, ev = read_json(L.result(prefix)), read_json(L.eval(prefix))
         teacher = read_json(L.result(Prefix(prefix.size)))
+        tok = id_of(cfg, prefix.size)
+        unigram = read_json(L.data_dir(tok) / "result.json").get("unigram_ppl_test")
         row = {"size": prefix.size, "method": prefix.method, "budget": prefix.budget,
-               "finetune": prefix.finetune or "-", "quant": prefix.quant or "-",
+               "finetune": prefix.finetune or "-", "quant": prefix.quant or "-", "tokenizer": tok,
                "non_embedding_params": teacher.get("non_embedding_params"),
                "tokens": res.get("tokens", 0), "wall_s": round(res.get("wall_s", float("nan")), 1)}
         row.update(ev["metrics"])

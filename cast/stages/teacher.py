@@ -11,7 +11,7 @@ from ..distill import causal_ce
 from ..errors import ConfigError
 from ..jobs import fingerprint
 from ..layout import parse_tokens
-from ..models import build_llama, load_model, non_embedding_params, save_model
+from ..models import build_llama, export_dtype, load_model, non_embedding_params, save_model
 from ..train import BlockSampler, make_scheduler, steps_for_budget, train
 from .common import setup, tokenizer_of, train_tokens
 
@@ -23,7 +23,7 @@ def run(cfg: dict, size: str, data_dir: str | Path, out_dir: str | Path, tracker
     tok = tokenizer_of(data_dir, cfg)
     t0 = time.time()
     if "pretrained" in spec:  # a dense checkpoint: export it as safetensors, no training
-        model = load_model(spec["pretrained"], trust_remote_code=cfg["trust_remote_code"])
+        model = load_model(spec["pretrained"], dtype=export_dtype(cfg, size), trust_remote_code=cfg["trust_remote_code"])
         save_model(model, tok, out_dir)
         return {"pretrained": spec["pretrained"], "non_embedding_params": non_embedding_params(model),
                 "params": sum(p.numel() for p in model.parameters()), "wall_s": time.time() - t0}

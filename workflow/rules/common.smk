@@ -2,6 +2,7 @@
 # Paths come from cast.layout, method kinds from the registry (cast.methods), rerun fingerprints
 # from cast.jobs: this file only wires them.
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import yaml
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # the repo root holds the cast package
 from cast import methods as registry
+from cast import tokenizers
 from cast.config import ConfigError, config_hash, merge_configs, method_sizes, read_yaml, resolve_config
 from cast.jobs import fingerprint
 from cast.zeroshot import needs_local, resolve_task_names
@@ -25,6 +27,7 @@ except ConfigError as e:
 
 L = Layout(CFG["results_dir"])
 R = L.root
+TOKENIZERS = tokenizers.ids(CFG)  # {id: source}: one data folder per distinct tokenizer
 FT = CFG["finetune"]
 QUANT = CFG["quantize"]
 # Jobs find the interpreter and the resolved config in the environment ($CAST_PYTHON, $CAST_CONFIG):
@@ -57,6 +60,25 @@ envvars:
     "CAST_PYTHON",
     "CAST_CONFIG",
 
+
+
+def data_of(size):
+    """The data folder (tokenizer, packed tokens) of a size's models."""
+    return L.data_dir(tokenizers.id_of(CFG, size))
+
+
+def data_of_prefix(w):
+    return data_of(Prefix.parse(getattr(w, "prefix", None) or w.base).size)
+
+
+def tokenizer_arg(w):
+    src = TOKENIZERS[w.tok]
+    return f"--tokenizer {tokenizers.BPE if src is None else src}"
+
+
+def downstream_of(w):
+    """A fine-tuning dataset's tokens in the tokenizer of the model being fine-tuned."""
+    return L.downstream(w.dataset, tokenizers.id_of(CFG, Prefix.parse(w.base).size))
 
 
 def method_kind(method):
@@ -166,6 +188,11 @@ def scaling_law_inputs():
     return [L.eval(p) for p in model_prefixes() if p.method in ("dense", method)]
 
 
+def size_prefixes(size):
+    """Every model folder of one size: teacher, sparse models, their variants."""
+    return [p for p in table_prefixes() if p.size == size]
+
+
 def variant_prefixes():
     """Fine-tuned and quantized model folders."""
     return finetune_prefixes() + [b.quantized(s) for b in quant_bases() for s in QUANT["schemes"]]
@@ -189,3 +216,4 @@ wildcard_constraints:
     prefix=PREFIX_RE,
     dataset=NAME_RE,
     scheme=NAME_RE,
+    tok="|".join(map(re.escape, TOKENIZERS)),

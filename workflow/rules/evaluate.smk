@@ -1,25 +1,61 @@
-rule evaluate:
-    input:
-        flag=L.mlflow_flag,
-        data=L.data,
-        model=L.model("{prefix}"),
-        tasks=[L.tasks] if ZS_LOCAL else [],
-    output:
-        L.eval("{prefix}"),
-    params:
-        cast=launcher(1),
-        tags=lambda w: tag_args(w.prefix),
-        zeroshot=zeroshot_args,
-        fingerprint=lambda w: fingerprint(CFG, "evaluate", prefix=w.prefix),
-    log:
-        L.logs / "evaluate/{prefix}.log",
-    benchmark:
-        L.benchmarks / "evaluate/{prefix}.tsv"
-    threads: CFG["threads"]
-    resources:
-        gpu=lambda w: gpus(Prefix.parse(w.prefix).size),
-    conda:
-        "../../envs/cast.yaml"
-    shell:
-        '{params.cast} evaluate --config "$CAST_CONFIG" --model {input.model} --data {input.data} '
-        "{params.tags} {params.zeroshot} --result {output} > {log} 2>&1"
+# Evaluation of every model folder: one job per folder (evaluate.group: model), or one job per size
+# evaluating all of that size's folders in one process (evaluate.group: size; ~6 s of imports saved
+# per folder). Either way one eval.json and one MLflow run per model folder.
+if CFG["evaluate"]["group"] == "model":
+
+    rule evaluate:
+        input:
+            flag=L.mlflow_flag,
+            data=data_of_prefix,
+            model=L.model("{prefix}"),
+            tasks=[L.tasks] if ZS_LOCAL else [],
+        output:
+            L.eval("{prefix}"),
+        params:
+            cast=launcher(1),
+            tags=lambda w: tag_args(w.prefix),
+            zeroshot=zeroshot_args,
+            fingerprint=lambda w: fingerprint(CFG, "evaluate", prefix=w.prefix),
+        log:
+            L.logs / "evaluate/{prefix}.log",
+        benchmark:
+            L.benchmarks / "evaluate/{prefix}.tsv"
+        threads: CFG["threads"]
+        resources:
+            gpu=lambda w: gpus(Prefix.parse(w.prefix).size),
+        conda:
+            "../../envs/cast.yaml"
+        shell:
+            '{params.cast} evaluate --config "$CAST_CONFIG" --model {input.model} --data {input.data} '
+            "{params.tags} {params.zeroshot} --result {output} > {log} 2>&1"
+
+else:
+    for _size in CFG["run"]["sizes"]:
+
+        rule:
+            name:
+                f"evaluate_{_size}"
+            input:
+                flag=L.mlflow_flag,
+                data=data_of(_size),
+                models=[L.model(p) for p in size_prefixes(_size)],
+                tasks=[L.tasks] if ZS_LOCAL else [],
+            output:
+                [L.eval(p) for p in size_prefixes(_size)],
+            params:
+                cast=launcher(1),
+                prefixes=" ".join(map(str, size_prefixes(_size))),
+                tasks=f"--tasks-dir {L.tasks}" if ZS_LOCAL else "",
+                fingerprint=[fingerprint(CFG, "evaluate", prefix=str(p)) for p in size_prefixes(_size)],
+            log:
+                L.logs / f"evaluate/{_size}.log",
+            benchmark:
+                L.benchmarks / f"evaluate/{_size}.tsv"
+            threads: CFG["threads"]
+            resources:
+                gpu=gpus(_size),
+            conda:
+                "../../envs/cast.yaml"
+            shell:
+                '{params.cast} evaluate-group --config "$CAST_CONFIG" --data {input.data} {params.tasks} '
+                "{params.prefixes} > {log} 2>&1"

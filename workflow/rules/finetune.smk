@@ -3,18 +3,18 @@
 rule downstream:
     input:
         flag=L.mlflow_flag,
-        data=L.data,
+        data=L.data_dir("{tok}"),
     output:
-        directory(L.downstream("{dataset}")),
+        directory(L.downstream("{dataset}", "{tok}")),
     wildcard_constraints:
         dataset="|".join(FT["datasets"]),
     params:
         cast=launcher(1),
-        fingerprint=lambda w: fingerprint(CFG, "downstream", dataset=w.dataset),
+        fingerprint=lambda w: fingerprint(CFG, "downstream", dataset=w.dataset, tokenizer=TOKENIZERS[w.tok]),
     log:
-        L.logs / "downstream/{dataset}.log",
+        L.logs / "downstream/{dataset}_{tok}.log",
     benchmark:
-        L.benchmarks / "downstream/{dataset}.tsv"
+        L.benchmarks / "downstream/{dataset}_{tok}.tsv"
     threads: CFG["threads"]
     conda:
         "../../envs/cast.yaml"
@@ -26,8 +26,8 @@ rule downstream:
 rule finetune:
     input:
         flag=L.mlflow_flag,
-        data=L.data,
-        downstream=L.downstream("{dataset}"),
+        data=lambda w: data_of(Prefix.parse(w.base).size),
+        downstream=downstream_of,
         model=L.model("{base}"),
         teacher=finetune_teacher,
     output:

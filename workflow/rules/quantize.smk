@@ -3,7 +3,7 @@
 rule quantize:
     input:
         flag=L.mlflow_flag,
-        data=L.data,
+        data=data_of_prefix,
         model=L.model("{base}"),
     output:
         model=directory(L.model(QUANT_PATTERN)),

@@ -25,7 +25,7 @@ rule scaling_law:
 rule report:
     input:
         flag=L.mlflow_flag,
-        data=L.data,
+        data=[L.data_dir(t) for t in TOKENIZERS],
         fit=[L.scaling_law / "fit.json"] if CFG["scaling_law"]["method"] else [],
         table=L.tables / "ppl.csv",
     output:

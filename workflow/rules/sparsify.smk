@@ -1,7 +1,7 @@
 rule sparsify:
     input:
         flag=L.mlflow_flag,
-        data=L.data,
+        data=lambda w: data_of(w.size),
         teacher=L.model(TEACHER_PATTERN),
     output:
         model=directory(L.model(SPARSE_PATTERN)),

@@ -3,7 +3,7 @@
 rule tasks:
     input:
         flag=L.mlflow_flag,
-        data=L.data,
+        data=L.data_dir(next(iter(TOKENIZERS))),  # the text of the test split (every tokenizer's is the same)
     output:
         directory(L.tasks),
     params:

@@ -1,7 +1,7 @@
 rule teacher:
     input:
         flag=L.mlflow_flag,
-        data=L.data,
+        data=lambda w: data_of(w.size),
     output:
         model=directory(L.model(TEACHER_PATTERN)),
         result=L.result(TEACHER_PATTERN),
