@@ -85,12 +85,10 @@ def soft_topk(s: torch.Tensor, k: float, tau: float, iters: int = 64) -> torch.T
     and the deployed masks agree. theta comes from bisection (no graph); its gradient is the
     implicit-function one, d theta / d s_j = w_j / sum(w) with w = g (1 - g), attached by a
     zero-valued term, so a gradient step moves scores without leaving the budget (to first order).
-    k >= n keeps everything (g = 1), k <= 0 nothing."""
+    k >= n keeps everything (g = 1), k <= 0 nothing (still attached to s's graph, zero gradient)."""
     n = s.shape[-1]
-    if k >= n - 1e-6:
-        return torch.ones_like(s)
-    if k <= 0:
-        return torch.zeros_like(s)
+    if k >= n - 1e-6 or k <= 0:
+        return s * 0 + (1.0 if k > 0 else 0.0)
     with torch.no_grad():
         z = s.detach().double()
         lo = z.min(-1).values - 50 * tau  # sum(g) ~ n > k here
