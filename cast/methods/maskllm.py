@@ -7,17 +7,17 @@ and the layer sees W * M~; only the logits pi learn (mask-only: all model weight
 export keeps the most probable candidate of every group (argmax pi): an exact N:M mask.
 
 Config keys (the method entry `mcfg`; name, type, default, meaning):
-  prior           str         "magnitude"  prior mask of the logit init: magnitude | wanda | sparsegpt | none
-  prior_strength  float       3.0          alpha in pi += alpha * std(pi) * (overlap(S_i, M0) - N^2/M)
-  logit_init_std  float       0.01         std of the random normal logit init (before the prior)
-  tau_start       float       4.0          Gumbel-softmax temperature at step 0 ...
-  tau_end         float       0.05         ... annealed linearly to this at the end of the run
-  kappa_start     float       100.0        logit scaling factor kappa at step 0 ...
-  kappa_end       float       500.0        ... increased linearly to this
-  weight_reg      float       1.0e-5       lambda of the sparse weight regulariser, decayed linearly to 0
-  mask_lr         float|null  null         Adam LR of the logits; null -> the model's lr, else train.lr
-  eta             float       1/3          KL weight of the distillation loss (as cast/srste)
-  temperature     float       1.0          distillation temperature (not the Gumbel tau)
+  prior             str         "magnitude"  prior mask of the logit init: magnitude | wanda | sparsegpt | none
+  prior_strength    float       3.0          alpha in pi += alpha * std(pi) * (overlap(S_i, M0) - N^2/M)
+  logit_init_std    float       0.01         std of the random normal logit init (before the prior)
+  gumbel_tau_start  float       4.0          Gumbel-softmax temperature at step 0 ...
+  gumbel_tau_end    float       0.05         ... annealed linearly to this at the end of the run
+  kappa_start       float       100.0        logit scaling factor kappa at step 0 ...
+  kappa_end         float       500.0        ... increased linearly to this
+  weight_reg        float       1.0e-5       lambda of the sparse weight regulariser, decayed linearly to 0
+  mask_lr           float|null  null         Adam LR of the logits; null -> the model's lr, else train.lr
+  eta               float       1/3          KL weight of the distillation loss (as cast/srste)
+  temperature       float       1.0          distillation temperature (not the Gumbel tau)
   calib_samples, calib_seqlen, percdamp, blocksize: the wanda / sparsegpt priors' settings, read
                   exactly as the one-shot methods read them (defaults 128, null, 0.01, 128)
 The LR schedule, warmup, betas, eps, grad_clip, grad_accum, data order and checkpoints are the
@@ -58,7 +58,7 @@ from ..sparsity import SparsityError, count_violations, input_dim_of, nm_groups,
 from ..train import BlockSampler, make_scheduler, steps_for_budget, train
 from .gates import StepClock, distill_fn, freeze, linear, options
 
-DEFAULTS = {"prior": "magnitude", "prior_strength": 3.0, "logit_init_std": 0.01, "tau_start": 4.0, "tau_end": 0.05,
+DEFAULTS = {"prior": "magnitude", "prior_strength": 3.0, "logit_init_std": 0.01, "gumbel_tau_start": 4.0, "gumbel_tau_end": 0.05,
             "kappa_start": 100.0, "kappa_end": 500.0, "weight_reg": 1.0e-5, "mask_lr": None,
             "eta": 1 / 3, "temperature": 1.0, "calib_samples": 128, "calib_seqlen": None, "percdamp": 0.01,
             "blocksize": 128}
@@ -224,7 +224,7 @@ def train_maskllm(model, targets, cfg, mcfg, *, teacher, tokens, budget, method,
     priors = prior_masks(model, targets, cfg, o, tokens=tokens, method=method, accelerator=accelerator)
     restore = freeze(model)
     clock = StepClock(steps, cfg["seed"])
-    schedule = Schedule(clock, (o["tau_start"], o["tau_end"]), (o["kappa_start"], o["kappa_end"]))
+    schedule = Schedule(clock, (o["gumbel_tau_start"], o["gumbel_tau_end"]), (o["kappa_start"], o["kappa_end"]))
     params = attach_masks(targets, n, m, schedule, priors, o["prior_strength"], o["logit_init_std"], cfg["seed"])
     opt = torch.optim.Adam([p.logits for p in params.values()], lr=mask_lr, betas=tuple(tcfg["betas"]), eps=tcfg["eps"])
     sched = make_scheduler(opt, tcfg["lr_schedule"], tcfg["warmup_steps"], steps, tcfg["min_lr_ratio"])

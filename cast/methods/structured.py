@@ -13,13 +13,13 @@ Config keys (the method entry `mcfg`; name, type, default, meaning):
   prune_heads    bool        true       gate attention heads (per KV group); false: MLP channels
                                         only. Always false for OPT and GPT-2 (see below)
   gate_lr        float       0.02       Adam LR of the gate scores and scales (shared LR schedule)
-  tau_start      float       1.0        soft top-k temperature at step 0 ...
-  tau_end        float       0.01       ... annealed geometrically to this by the end
+  gate_tau_start float       1.0        soft top-k temperature at step 0 ...
+  gate_tau_end   float       0.01       ... annealed geometrically to this by the end
   budget_warmup  float       0.5        share of the run over which the soft kept count anneals
                                         linearly from all units to the budget
   hard_tail      float       0.2        last share of the run trained on the hard-gated model itself
   gate_scale     bool        true       a learnable scale per unit (init 1) times its gate
-  init           str         magnitude  initial scores: magnitude | uniform
+  gate_init      str         magnitude  initial scores: magnitude | uniform
   eta            float       1/3        KL weight of the distillation loss (as cast/srste)
   temperature    float       1.0        distillation temperature
   timing_runs    int         5          timed CPU forwards per model for forward_time_ratio; 0 skips
@@ -31,20 +31,20 @@ Decisions (ours, where the abstract is silent):
   the unit's input to o_proj / down_proj (out_proj / fc2, c_proj): v = scale * g. The free scale
   (gate_scale) is our reading of the abstract's masks "not confined to a near-binary range"; it is
   folded into the next projection at export. Scores start at the per-layer z-scored log of
-  ||next-projection input slice|| * ||producing output slices|| (init: magnitude).
+  ||next-projection input slice|| * ||producing output slices|| (gate_init: magnitude).
 * Mask-only: every model weight is frozen; only scores and scales train (Adam, shared LR
   schedule). They live in a `ddp_gates` submodule of the model, so cast.train.save_checkpoint
   stores them; the schedules read the step off the checkpointed LR scheduler: resume is exact.
 * Surrogate and budget: g = sigmoid((s - theta) / tau) with theta per layer such that sum(g) = k_t
   (cast.methods.gates.soft_topk): the l0 surrogate sum(g) is held at the budget by projection, not
   a Lagrangian, at every step; k_t anneals from all units to k over budget_warmup, tau
-  geometrically from tau_start to tau_end, so the gates tend to the hard top-k. No noise: the run
+  geometrically from gate_tau_start to gate_tau_end, so the gates tend to the hard top-k. No noise: the run
   is deterministic (a function of the seed through the data order only).
 * Hard tail: a soft surrogate can still prefer fractional gates at any tau > 0 (e.g. two heads at
   1/2 each, or a near-off unit revived by its scale; we measured this on tiny models), which would
   reappear as a train/test gap at export. For the last `hard_tail` share of the steps the forward
   is therefore the hard-gated model the export computes (per-layer top-k by score, values
-  scale * g at tau_end): the run ends on exactly the deployed model, and the scales adapt to it.
+  scale * g at gate_tau_end): the run ends on exactly the deployed model, and the scales adapt to it.
 * Budget -> counts: an HF config has one num_attention_heads / intermediate_size for all layers, so
   every layer keeps the same counts, used during training too: k_groups = round(keep_ratio * groups)
   (>= 1), then k_channels = the channels that bring the layer's kept projection weights closest to
@@ -54,7 +54,7 @@ Decisions (ours, where the abstract is silent):
   hidden_size, so fewer heads do not load: their heads are kept and the whole budget falls on the
   MLP (fc1/fc2, c_fc/c_proj); a keep_ratio the attention alone exceeds raises ConfigError. Other
   families raise StructuredExportError naming the model_type.
-* Export: the hard-gated model keeps each layer's top-k units with their values v at tau_end and
+* Export: the hard-gated model keeps each layer's top-k units with their values v at gate_tau_end and
   k, zero elsewhere; the smaller model slices q/k/v and gate/up (fc1, c_fc) outputs, and o/down
   (out_proj, fc2, c_proj) inputs multiplied by v, so it computes the hard-gated model exactly (to
   float rounding). LLaMA-family configs get an explicit head_dim.
@@ -74,8 +74,8 @@ from ..sparsity import input_dim_of
 from ..train import BlockSampler, make_scheduler, steps_for_budget, train
 from .gates import StepClock, distill_fn, freeze, geometric, hard_topk, options, soft_topk
 
-DEFAULTS = {"keep_ratio": None, "prune_heads": True, "gate_lr": 0.02, "tau_start": 1.0, "tau_end": 0.01,
-            "budget_warmup": 0.5, "gate_scale": True, "init": "magnitude", "eta": 1 / 3, "temperature": 1.0,
+DEFAULTS = {"keep_ratio": None, "prune_heads": True, "gate_lr": 0.02, "gate_tau_start": 1.0, "gate_tau_end": 0.01,
+            "budget_warmup": 0.5, "gate_scale": True, "gate_init": "magnitude", "eta": 1 / 3, "temperature": 1.0,
             "timing_runs": 5, "hard_tail": 0.2}
 LLAMA_LIKE = ("llama", "qwen2", "mistral")
 
@@ -165,7 +165,7 @@ def init_scores(arch: Arch, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     if kind == "uniform":
         return torch.zeros(n, arch.kv_heads), torch.zeros(n, arch.inter)
     if kind != "magnitude":
-        raise ConfigError(f"config key 'init': {kind!r} is not magnitude or uniform")
+        raise ConfigError(f"config key 'gate_init': {kind!r} is not magnitude or uniform")
     sa, sm = [], []
     for layer in arch.layers:
         down = _sub(layer, arch.down)
@@ -210,7 +210,7 @@ class GateController:
         self.model, self.arch, self.clock, self.o = model, arch, clock, o
         self.k_groups, self.k_channels = counts
         self.heads = counts[0] < arch.kv_heads
-        sa, sm = init_scores(arch, o["init"])
+        sa, sm = init_scores(arch, o["gate_init"])
         self.gates = nn.Module()
         self.gates.mlp = UnitGates(sm, o["gate_scale"])
         if self.heads:
@@ -235,7 +235,7 @@ class GateController:
         """tau and the soft kept counts at a point of the run."""
         ramp = min(1.0, progress / self.o["budget_warmup"]) if self.o["budget_warmup"] > 0 else 1.0
         a, f = self.arch.kv_heads, self.arch.inter
-        return {"tau": geometric(self.o["tau_start"], self.o["tau_end"], progress),
+        return {"tau": geometric(self.o["gate_tau_start"], self.o["gate_tau_end"], progress),
                 "k_groups": a - (a - self.k_groups) * ramp, "k_channels": f - (f - self.k_channels) * ramp}
 
     def in_tail(self) -> bool:
