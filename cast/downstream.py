@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from .data import encode_joined, encode_stream, load_local_rows, news_articles
+from .data import bible_chapters, encode_joined, encode_stream, load_local_rows, news_articles
 from .io import InputError
 
 
@@ -24,8 +24,8 @@ def _rows_to_texts(rows: dict, d: dict, where: str) -> list[str]:
 
 def load_texts(d: dict, name: str) -> list[str]:
     """Distinct documents of one `finetune.datasets` entry (prompt + newline + response for pair data)."""
-    if d["source"] == "gensim_news":
-        texts = [a["text"] for a in news_articles()]
+    if d["source"] in ("gensim_news", "bible_kjv"):
+        texts = [a["text"] for a in (news_articles() if d["source"] == "gensim_news" else bible_chapters())]
     else:
         import datasets
 
@@ -41,6 +41,8 @@ def load_texts(d: dict, name: str) -> list[str]:
         texts = _rows_to_texts(rows, d, where)
     # exact duplicates dropped (the Lee corpus repeats 7 articles): a copy must not sit in both splits
     texts = list(dict.fromkeys(t.strip() for t in texts if len(t.strip()) >= d["min_chars"]))
+    if d.get("max_documents"):
+        texts = texts[:d["max_documents"]]
     if len(texts) < 2:
         raise InputError(f"finetune.datasets.{name}: {len(texts)} usable documents (need at least 2)")
     return texts

@@ -17,7 +17,7 @@ RUNTIME_ONLY = {"train": ("malloc", "checkpoint_every"), "teacher": ("checkpoint
                 "finetune": ("checkpoint_every",), "evaluate": ("group",)}
 # grid selection: which jobs exist, not what one computes
 SELECTION = {"finetune": ("datasets", "sizes", "methods", "apply_to"), "quantize": ("schemes", "sizes", "methods", "apply_to"),
-             "zeroshot": ("on_variants",)}
+             "zeroshot": ("on_variants", "models")}
 TASK_KEYS = ("mc_items", "lastword_items", "ppl_docs")  # what the `tasks` job builds from
 FINETUNE_TRAIN_KEYS = ("betas", "eps", "precision", "teacher_dtype", "processes", "log_every")
 
@@ -40,10 +40,22 @@ def _sparsify(cfg, size, method, budget="0", replicate=0, **_):
     return out
 
 
+def zeroshot_wanted(cfg: dict, prefix) -> bool:
+    """Whether a model folder gets zero-shot: zeroshot.enabled; variants only with on_variants; with
+    `models: comparison` only teachers and each method at its largest budget (every replicate)."""
+    from . import methods
+
+    z, p = cfg["zeroshot"], (prefix if isinstance(prefix, Prefix) else Prefix.parse(prefix))
+    if not z["enabled"] or ((p.finetune or p.quant) and not z["on_variants"]):
+        return False
+    if z["models"] == "all" or p.is_teacher or p.method not in cfg["methods"]:
+        return True
+    oneshot = methods.kind_of(cfg["methods"][p.method]["algorithm"]) == "oneshot"
+    return p.budget == ("0" if oneshot else cfg["run"]["budgets"][-1])
+
+
 def _evaluate(cfg, prefix, **_):
-    p = Prefix.parse(prefix)
-    variant = bool(p.finetune or p.quant)
-    zs = cfg["zeroshot"]["enabled"] and (cfg["zeroshot"]["on_variants"] or not variant)
+    zs = zeroshot_wanted(cfg, prefix)
     return {"evaluate": section(cfg, "evaluate"), "zeroshot": section(cfg, "zeroshot") if zs else {"enabled": False}}
 
 
@@ -63,7 +75,8 @@ JOBS = {
     "teacher": lambda cfg, size, **_: {"model": cfg["models"][size], "teacher": section(cfg, "teacher"), "seed": cfg["seed"]},
     "sparsify": _sparsify,
     "evaluate": _evaluate,
-    "downstream": lambda cfg, dataset, **_: {"dataset": cfg["finetune"]["datasets"][dataset], "seed": cfg["seed"]},
+    "downstream": lambda cfg, dataset, **_: {"dataset": {**cfg["evaluate"]["domains"], **cfg["finetune"]["datasets"]}[dataset],
+                                             "seed": cfg["seed"]},
     "finetune": _finetune,
     "quantize": _quantize,
     "table": lambda cfg, **_: {},

@@ -195,15 +195,16 @@ def leave_one_out(law: Law, N, D, v, N0, D0, **kw) -> dict:
     return {"status": "ok", "skipped": skipped, **_errors(preds, obs, keys)}
 
 
-def extrapolation(law: Law, N, D, v, N0, D0, **kw) -> dict:
-    """Fit without the largest token budget and predict every point at that budget."""
-    held = D == D.max()
+def extrapolation(law: Law, N, D, v, N0, D0, axis: str = "D", **kw) -> dict:
+    """Fit without the largest token budget (axis D) or the largest model (axis N) and predict every
+    held-out point."""
+    held = (D if axis == "D" else N) == (D if axis == "D" else N).max()
     why = design_problem(law, N[~held], D[~held])
     if why:
-        return {"status": "skipped", "reason": f"without the largest budget the law {why}"}
+        return {"status": "skipped", "reason": f"without the largest {'budget' if axis == 'D' else 'size'} the law {why}"}
     theta, _ = fit_theta(law, N[~held] / N0, D[~held] / D0, v[~held], **kw)
     pred = law.predict(theta, N[held] / N0, D[held] / D0)
-    return {"status": "ok", "held_out_D": float(D.max()),
+    return {"status": "ok", f"held_out_{axis}": float((D if axis == "D" else N).max()),
             **_errors(pred, v[held], list(zip(N[held], D[held])))}
 
 
@@ -278,6 +279,7 @@ def fit_law(law: Law | str, N, D, v, loss: str = "linear", f_scale: float = 0.01
     if checks:
         out["loo"] = leave_one_out(law, N, D, v, N0, D0, **kw)
         out["extrapolation"] = extrapolation(law, N, D, v, N0, D0, **kw)
+        out["extrapolation_N"] = extrapolation(law, N, D, v, N0, D0, axis="N", **kw)
     return out
 
 

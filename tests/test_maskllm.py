@@ -14,8 +14,7 @@ from torch.nn.utils import parametrize
 
 from cast.config import load_schema
 from cast.methods.gates import StepClock
-from cast.methods.maskllm import (Schedule, attach_masks, candidate_masks, export_, mask_stats,
-                                  train_maskllm)
+from cast.methods.maskllm import Schedule, attach_masks, candidate_masks, export_, mask_stats, train_maskllm
 from cast.sparsity import check_model, count_violations, find_targets, input_dim_of
 
 from conftest import tiny_llama

@@ -12,8 +12,7 @@ import torch
 
 from cast.config import ConfigError, load_schema
 from cast.methods.gates import StepClock, hard_topk, soft_topk
-from cast.methods.structured import (DEFAULTS, GateController, StructuredExportError, arch_of, export_smaller,
-                                     plan_counts, proj_params, train_structured)
+from cast.methods.structured import DEFAULTS, GateController, StructuredExportError, arch_of, export_smaller, plan_counts, proj_params, train_structured
 
 _SCHEMA = load_schema()["properties"]
 TRAIN_DEFAULTS = {k: v["default"] for k, v in _SCHEMA["train"]["properties"].items() if "default" in v}

@@ -7,8 +7,10 @@ properties. The config schema's method list, its per-method keys, the Snakemake 
 all read this table. Adding a method = one module with its function + one `register` line below.
 
 The implementation is called as fn(model, targets, cfg, mcfg, *, method, accelerator, tracker,
-tokens, [teacher, budget, fingerprint, ckpt_dir, lr for `train`]) and prunes `model` in place
-(see cast.stages.sparsify).
+tokens, [teacher, budget, fingerprint, ckpt_dir, lr for `train`]) and changes `model` in place, or
+returns the model to save as info["model"] (see cast.stages.sparsify). Its `export` says what comes
+out: `nm` (same architecture, the targets exactly N:M: checked), `dense` (same architecture, dense:
+the dense control) or `smaller` (a smaller dense model of the same family: structured pruning).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from importlib import import_module
 from ..errors import ConfigError
 
 KINDS = ("oneshot", "train")
+EXPORTS = ("nm", "dense", "smaller")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ class Method:
     doc: str
     keys: dict = field(default_factory=dict)  # JSON-schema properties of the config entry
     check: Callable | None = None  # check(cfg, entry_name, mcfg): cross-field rules, raises ConfigError
+    export: str = "nm"
+
+    def defaults(self) -> dict:
+        """{key: default} of the method's own keys (its module's fallback for callers that skip the config)."""
+        return {k: s["default"] for k, s in self.keys.items() if "default" in s}
 
     def load(self) -> Callable:
         module, _, fn = self.impl.partition(":")
@@ -38,10 +46,11 @@ class Method:
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, kind: str, impl: str, doc: str, keys: dict | None = None, check: Callable | None = None) -> Method:
-    if kind not in KINDS:
-        raise ValueError(f"method {name!r}: kind must be one of {KINDS}, got {kind!r}")
-    REGISTRY[name] = Method(name, kind, impl, doc, dict(keys or {}), check)
+def register(name: str, kind: str, impl: str, doc: str, keys: dict | None = None, check: Callable | None = None,
+             export: str = "nm") -> Method:
+    if kind not in KINDS or export not in EXPORTS:
+        raise ValueError(f"method {name!r}: kind must be one of {KINDS} and export one of {EXPORTS}")
+    REGISTRY[name] = Method(name, kind, impl, doc, dict(keys or {}), check, export)
     return REGISTRY[name]
 
 
@@ -121,3 +130,37 @@ register("sparsegpt", "oneshot", "cast.methods.oneshot:sparsegpt",
          {**CALIBRATION, "percdamp": _num(0.01, 0, "Hessian dampening, share of its mean diagonal", exclusive=True),
           "blocksize": _int(128, desc="columns per lazy update block (a multiple of M)")},
          check=_blocksize_multiple_of_m)
+register("dense_kd", "train", "cast.methods.cast_train:train_dense_kd",
+         "the dense control: CAST's trainer, data order, teacher, distillation and LR schedule, no sparsity",
+         dict(DISTILL), export="dense")
+register("maskllm", "train", "cast.methods.maskllm:train_maskllm",
+         "MaskLLM: learnable N:M masks (Gumbel-softmax over the C(M, N) candidates), weights frozen",
+         {"prior": {"type": "string", "enum": ["magnitude", "wanda", "sparsegpt", "none"], "default": "magnitude",
+                    "description": "prior mask of the logit initialisation"},
+          "prior_strength": _num(3.0, 0, "alpha: how strongly the prior candidate starts ahead"),
+          "logit_init_std": _num(0.01, 0, "std of the random logit initialisation"),
+          "gumbel_tau_start": _num(4.0, 0, "Gumbel-softmax temperature at the start ...", exclusive=True),
+          "gumbel_tau_end": _num(0.05, 0, "... annealed linearly to this", exclusive=True),
+          "kappa_start": _num(100.0, 0, "logit scale kappa at the start ...", exclusive=True),
+          "kappa_end": _num(500.0, 0, "... raised linearly to this", exclusive=True),
+          "weight_reg": _num(1.0e-5, 0, "sparse-weight regulariser lambda (Sec. 3.3), decayed linearly to 0"),
+          "mask_lr": _num(None, 0, "Adam learning rate of the logits; null -> the model's lr, else train.lr",
+                          exclusive=True, null=True),
+          **DISTILL, **CALIBRATION, "percdamp": _num(0.01, 0, "sparsegpt prior: Hessian dampening", exclusive=True),
+          "blocksize": _int(128, desc="sparsegpt prior: columns per block (a multiple of M)")},
+         check=lambda cfg, name, mcfg: mcfg.get("prior") == "sparsegpt" and _blocksize_multiple_of_m(cfg, name, mcfg))
+register("ddp_struct", "train", "cast.methods.structured:train_structured",
+         "deterministic differentiable structured pruning: gates per head and MLP channel, a smaller dense export",
+         {"keep_ratio": {**_num(None, 0, "share of the projection weights kept; null -> sparsity.n / sparsity.m",
+                                exclusive=True, null=True), "maximum": 1},
+          "prune_heads": {"type": "boolean", "default": True, "description": "gate attention heads too (not OPT/GPT-2)"},
+          "gate_lr": _num(0.02, 0, "Adam learning rate of the gate scores and scales", exclusive=True),
+          "gate_tau_start": _num(1.0, 0, "soft top-k temperature at the start ...", exclusive=True),
+          "gate_tau_end": _num(0.01, 0, "... annealed geometrically to this", exclusive=True),
+          "budget_warmup": {**_num(0.5, 0, "share of the run over which the kept count anneals to the budget"), "maximum": 1},
+          "hard_tail": {**_num(0.2, 0, "last share of the run trained on the hard-gated model"), "maximum": 1},
+          "gate_scale": {"type": "boolean", "default": True, "description": "a learnable scale per unit, folded on export"},
+          "gate_init": {"type": "string", "enum": ["magnitude", "uniform"], "default": "magnitude",
+                        "description": "initial gate scores"},
+          "timing_runs": _int(5, 0, "timed CPU forwards per model for the export's speed ratio (0: skip)"),
+          **DISTILL}, export="smaller")

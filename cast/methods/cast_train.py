@@ -17,9 +17,10 @@ from ..weight_scaling import attach_scales, fold_
 
 
 def param_groups(model, targets, scales, tcfg, mcfg):
-    """Sparse targets (AdamS, one group per input axis), scales and the rest (plain Adam)."""
+    """Sparse targets (AdamS, one group per input axis), scales and the rest (plain Adam); no sparse
+    group without targets (the dense control)."""
     sparse_ids, groups = set(), []
-    for dim in (1, 0):
+    for dim in (1, 0) if targets else ():
         ws = [weight_of(mod) for mod in targets.values() if input_dim_of(mod) == dim]
         if ws:
             groups.append({"params": ws, "sparse": True, "input_dim": dim})
@@ -42,6 +43,13 @@ def train_srste(model, targets, cfg, mcfg, **kw):
     return train_sparse(model, targets, cfg, {**mcfg, "scaling": False}, masked_forward=True, decay="srste", **kw)
 
 
+def train_dense_kd(model, targets, cfg, mcfg, **kw):
+    """The `dense_kd` control: this same trainer, data order, teacher, distillation and LR schedule,
+    with no sparse group, no mask and no prune (AdamS without sparse groups is Adam)."""
+    dense = {"t1": 1, "alpha_indexing": "alg2", "lambda": 0.0, "scaling": False, **mcfg}
+    return train_sparse(model, {}, cfg, dense, masked_forward=False, decay="adams", **kw)
+
+
 def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, tokens, budget, method, accelerator,
                  tracker=None, ckpt_dir=None, lr=None, fingerprint="", **_):
     """Alg. 2, line by line:
@@ -61,7 +69,7 @@ def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, t
     steps = steps_for_budget(budget, tcfg["batch_size"], tcfg["seqlen"])  # batch_size is the global batch
     lr = lr or tcfg["lr"]
     scales = attach_scales(targets, mcfg["scaling_blocks"]) if mcfg["scaling"] else {}
-    lam = lambda_for_budget(cfg, method, budget)
+    lam = lambda_for_budget(cfg, method, budget) if targets else 0.0
     opt = AdamS(param_groups(model, targets, scales, {**tcfg, "lr": lr}, mcfg), lr=lr, betas=tuple(tcfg["betas"]),
                 eps=tcfg["eps"], weight_decay=tcfg["weight_decay"], lam=lam, total_steps=steps, t1=mcfg["t1"],
                 n=sp["n"], m=sp["m"], alpha_indexing=mcfg["alpha_indexing"], decay=decay,
@@ -95,6 +103,8 @@ def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, t
                  grad_accum=tcfg["grad_accum"], ckpt_dir=ckpt_dir, ckpt_every=tcfg["checkpoint_every"],
                  log_every=tcfg["log_every"], on_log=log, stats_fn=stats, desc=f"{method}", fingerprint=fingerprint)
     model = accelerator.unwrap_model(model)
+    if not targets:  # the dense control: nothing to prune
+        return {"steps": steps, "lambda": 0.0, "final": last, "history": history}
     masks = {name: adams.state[weight_of(mod)]["mask"] for name, mod in targets.items()}
     fold_(targets)  # Alg. 2 l.21, then l.20: exact N:M, same architecture
     hard_prune_(targets, sp["n"], sp["m"], masks)

@@ -56,12 +56,10 @@ from torch.nn.utils import parametrize
 
 from ..sparsity import SparsityError, count_violations, input_dim_of, nm_groups, param_mask, weight_of
 from ..train import BlockSampler, make_scheduler, steps_for_budget, train
+from . import get
 from .gates import StepClock, distill_fn, freeze, linear, options
 
-DEFAULTS = {"prior": "magnitude", "prior_strength": 3.0, "logit_init_std": 0.01, "gumbel_tau_start": 4.0,
-            "gumbel_tau_end": 0.05, "kappa_start": 100.0, "kappa_end": 500.0, "weight_reg": 1.0e-5, "mask_lr": None,
-            "eta": 1 / 3, "temperature": 1.0, "calib_samples": 128, "calib_seqlen": None, "percdamp": 0.01,
-            "blocksize": 128}
+DEFAULTS = get("maskllm").defaults()  # the registry's (cast/methods/__init__.py)
 PRIORS = ("magnitude", "wanda", "sparsegpt", "none")
 
 

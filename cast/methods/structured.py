@@ -69,18 +69,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..sparsity import input_dim_of
 from ..train import BlockSampler, make_scheduler, steps_for_budget, train
+from . import get
 from .gates import StepClock, distill_fn, freeze, geometric, hard_topk, options, soft_topk
 
-DEFAULTS = {"keep_ratio": None, "prune_heads": True, "gate_lr": 0.02, "gate_tau_start": 1.0, "gate_tau_end": 0.01,
-            "budget_warmup": 0.5, "gate_scale": True, "gate_init": "magnitude", "eta": 1 / 3, "temperature": 1.0,
-            "timing_runs": 5, "hard_tail": 0.2}
+DEFAULTS = get("ddp_struct").defaults()  # the registry's (cast/methods/__init__.py)
 LLAMA_LIKE = ("llama", "qwen2", "mistral")
 
 
-class StructuredExportError(ValueError):
+class StructuredExportError(ConfigError):
     """The architecture has no smaller-dense export here."""
 
 

@@ -102,12 +102,16 @@ def zeroshot(cfg: dict, model_dir: str | Path, data_dir: str | Path, plan: dict,
 
 
 def evaluate_model(cfg: dict, model_dir, data_dir, tasks_dir=None, with_zeroshot=True, finetune=None) -> dict:
-    """run(), plus the downstream perplexity of a model fine-tuned on dataset `finetune`."""
-    res = run(cfg, model_dir, data_dir, tasks_dir=tasks_dir, with_zeroshot=with_zeroshot)
-    if finetune:
-        from .finetune import downstream_dir, downstream_ppl
+    """run(), plus perplexity on every evaluate.domains corpus and, for a model fine-tuned on dataset
+    `finetune`, on that dataset's test split."""
+    from .finetune import downstream_dir, downstream_ppl
 
-        res["metrics"].update(downstream_ppl(cfg, model_dir, finetune, downstream_dir(cfg, finetune, data_dir)))
+    res = run(cfg, model_dir, data_dir, tasks_dir=tasks_dir, with_zeroshot=with_zeroshot)
+    names = list(dict.fromkeys([*cfg["evaluate"]["domains"], *([finetune] if finetune else [])]))
+    if names:
+        model = load_model(str(model_dir), trust_remote_code=cfg["trust_remote_code"])
+        for name in names:
+            res["metrics"].update(downstream_ppl(cfg, model, name, downstream_dir(cfg, name, data_dir)))
     return res
 
 
@@ -124,8 +128,10 @@ def group_cli(cfg: dict, args, _tracker=None) -> int:
     from ..tracking import is_main_process, start_run
 
     L = Layout(results_dir(cfg))
+    from ..jobs import zeroshot_wanted
+
     for p in map(Prefix.parse, args.prefixes):
-        zs = cfg["zeroshot"]["on_variants"] or not (p.finetune or p.quant)
+        zs = zeroshot_wanted(cfg, p)
         tags = {k: str(v) for k, v in p.tags().items() if v != "-"}
         with start_run(cfg, "evaluate", tags, params=job_config(cfg, "evaluate", prefix=str(p))) as tr:
             res = evaluate_model(cfg, L.model(p), args.data, args.tasks_dir, zs, p.finetune)

@@ -25,9 +25,11 @@ from .common import load_dense, setup, tokenizer_of
 
 
 def dataset_config(cfg: dict, dataset: str) -> dict:
-    ds = cfg["finetune"]["datasets"]
+    """An extra corpus: a finetune.datasets entry, or an evaluate.domains one (the same name is the same
+    corpus, checked at config time)."""
+    ds = {**cfg["evaluate"]["domains"], **cfg["finetune"]["datasets"]}
     if dataset not in ds:
-        raise ConfigError(f"unknown downstream dataset {dataset!r}; defined in 'finetune.datasets': {', '.join(ds)}")
+        raise ConfigError(f"unknown corpus {dataset!r}; defined in 'finetune.datasets' and 'evaluate.domains': {', '.join(ds)}")
     return ds[dataset]
 
 
@@ -44,8 +46,10 @@ def prepare(cfg: dict, dataset: str, data_dir: str | Path, out_dir: str | Path) 
     with atomic_dir(out_dir) as tmp:
         for k, arr in tokens.items():
             np.save(tmp / f"tokens_{k}.npy", arr)
+    from ..data import joined_text
+
     return {"dataset": dataset, "source": d["source"], "documents": {k: len(v) for k, v in splits.items()},
-            "tokens": {k: int(len(v)) for k, v in tokens.items()}}
+            "tokens": {k: int(len(v)) for k, v in tokens.items()}, "bytes": {"test": len(joined_text(splits["test"]).encode())}}
 
 
 def load_split(ddir: str | Path, split: str) -> np.ndarray:
@@ -55,17 +59,23 @@ def load_split(ddir: str | Path, split: str) -> np.ndarray:
 
 
 def downstream_ppl(cfg: dict, model, dataset: str, ddir: str | Path) -> dict:
-    """Perplexity on the downstream test split at every evaluate.ppl_seqlens:
-    {"ppl/{dataset}_test/s{seqlen}": ppl}. model: a model object or a model directory."""
+    """Perplexity and bits per byte on an extra corpus' test split at every evaluate.ppl_seqlens:
+    {"ppl/{dataset}_test/s{seqlen}": ..., "bpb/...": ...}. model: a model object or a model folder."""
     from ..perplexity import perplexity
+    from .evaluate import bits_per_byte
 
     dev = pick_device(cfg["device"])
     if not isinstance(model, torch.nn.Module):
         model = load_model(str(model), trust_remote_code=cfg["trust_remote_code"])
     model = model.to(dev)
     tokens = load_split(ddir, "test")
-    return {f"ppl/{dataset}_test/s{s}": perplexity(model, tokens, s, cfg["evaluate"]["batch_size"], dev, desc="")["ppl"]
-            for s in cfg["evaluate"]["ppl_seqlens"]}
+    out = {}
+    for s in cfg["evaluate"]["ppl_seqlens"]:
+        r = perplexity(model, tokens, s, cfg["evaluate"]["batch_size"], dev, desc="")
+        out[f"ppl/{dataset}_test/s{s}"] = r["ppl"]
+        if (bpb := bits_per_byte(r["nll"], ddir, "test")) is not None:
+            out[f"bpb/{dataset}_test/s{s}"] = bpb
+    return out
 
 
 def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, dataset: str, out_dir: str | Path,

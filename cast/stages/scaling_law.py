@@ -103,10 +103,11 @@ def load_points(cfg: dict):
     ev = ev[ev["finetune"].map(_is_missing) & ev["quant"].map(_is_missing) & ev["replicate"].map(_is_missing)]
     ev = ev[ev["size"].isin(cfg["run"]["sizes"])]
     ev = ev.assign(metric=ev[metric] if metric in ev.columns else float("nan"))
-    sparse = ev[ev["method"] == method].copy()
-    sparse = sparse[sparse["budget"].notna()]
-    sparse["D"] = [parse_tokens(b) for b in sparse["budget"]]
-    sparse = _newest(sparse, ("size", "D"))
+    ref = cfg["scaling_law"]["reference"]  # the gap law's dense model: the teacher, or a control at equal tokens
+    swept = ev[ev["method"].isin([method, ref]) & ev["budget"].notna()].copy()
+    swept["D"] = [parse_tokens(b) for b in swept["budget"]]
+    swept = _newest(swept, ("size", "method", "D"))
+    sparse, control = swept[swept["method"] == method], swept[swept["method"] == ref]
     dense = _newest(ev[ev["method"] == "dense"], ("size",))
     teach = finished_runs(cfg, "teacher")
     teach = _newest(teach[teach["size"].isin(cfg["run"]["sizes"])], ("size",))
@@ -131,13 +132,19 @@ def load_points(cfg: dict):
                 continue
             if missing:
                 continue
-            ppl, ppl_dense = float(s["metric"].iloc[0]), float(d["metric"].iloc[0])
+            c = control[(control["size"] == size) & (control["D"] == D)] if ref != "teacher" else d
+            if not len(c) or _is_missing(c["metric"].iloc[0]):
+                missing.append(f"evaluate run of {size}/{ref}/{label}, the gap law's reference (metric {metric})")
+                continue
+            ppl, ppl_dense, ppl_ref = float(s["metric"].iloc[0]), float(d["metric"].iloc[0]), float(c["metric"].iloc[0])
             seen = s[TRAINED].iloc[0] if TRAINED in s.columns else None  # tokens actually trained (whole batches)
             rows.append({"size": size, "method": method, "budget": label, "N": int(n_params),
                          "D": int(seen) if not _is_missing(seen) else D, "D_nominal": D,
                          "ppl": ppl, "L": math.log(ppl), "ppl_dense": ppl_dense, "L_dense": math.log(ppl_dense),
-                         "dL": math.log(ppl) - math.log(ppl_dense), "run_id": s["run_id"].iloc[0],
-                         "dense_run_id": d["run_id"].iloc[0], "teacher_run_id": t["run_id"].iloc[0]})
+                         "dL": math.log(ppl) - math.log(ppl_ref), "dL_teacher": math.log(ppl) - math.log(ppl_dense),
+                         "reference": ref, "ppl_ref": ppl_ref, "run_id": s["run_id"].iloc[0],
+                         "ref_run_id": c["run_id"].iloc[0], "dense_run_id": d["run_id"].iloc[0],
+                         "teacher_run_id": t["run_id"].iloc[0]})
     if missing:
         raise InputError(f"scaling-law grid incomplete in MLflow experiment {cfg['experiment']!r} "
                          f"({tracking_uri(cfg)}): no FINISHED " + "; ".join(missing))
@@ -152,7 +159,9 @@ def run(cfg: dict, out_dir: str | Path, tracker=None) -> dict:
     pts = load_points(cfg)
     kw = dict(loss=sl["loss"], f_scale=sl["f_scale"], n_bootstrap=sl["bootstrap"], seed=seed)
     fits = {"loss_law": fit_law("loss", pts["N"], pts["D"], pts["L"], **kw),
-            "gap_law": fit_law("gap", pts["N"], pts["D"], pts["dL"], **kw)}
+            "gap_law": {**fit_law("gap", pts["N"], pts["D"], pts["dL"], **kw), "reference": sl["reference"]}}
+    if sl["reference"] != "teacher":  # the gap to the teacher too (confounded by the extra training)
+        fits["gap_teacher_law"] = {**fit_law("gap", pts["N"], pts["D"], pts["dL_teacher"], **kw), "reference": "teacher"}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pts.to_csv(out / "points.csv", index=False)
@@ -172,7 +181,7 @@ def run(cfg: dict, out_dir: str | Path, tracker=None) -> dict:
             continue
         summary[f"fit/{name}/r2"] = f["r2"]
         summary[f"fit/{name}/rmse"] = f["rmse"]
-        for check in ("loo", "extrapolation"):
+        for check in ("loo", "extrapolation", "extrapolation_N"):
             if f[check]["status"] == "ok":
                 summary[f"fit/{name}/{check}_mean_abs"] = f[check]["mean_abs"]
                 summary[f"fit/{name}/{check}_max_abs"] = f[check]["max_abs"]

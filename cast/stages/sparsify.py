@@ -1,4 +1,6 @@
-"""`cast sparsify --method NAME`: any registered method (cast.methods) -> exact N:M HF model folder."""
+"""`cast sparsify --method NAME`: any registered method (cast.methods) -> an HF model folder: exact N:M
+(checked), the dense control, or a smaller dense model (structured pruning), as the method's
+`export` says."""
 from __future__ import annotations
 
 import copy
@@ -39,23 +41,28 @@ def run(cfg: dict, size: str, method: str, budget, teacher_dir: str | Path, data
                   fingerprint=fingerprint(cfg, "sparsify", size=size, method=method, budget=budget_label(budget),
                                           replicate=int(replicate)))
     info = entry.load()(model, targets, {**cfg, "seed": seed}, mcfg, method=method, accelerator=acc, tracker=tracker, **kw)
-    model = model.to("cpu")
-    assert_exact_nm(targets, sp["n"], sp["m"], f"the {method} export")
-    violations = check_model(model, targets, sp["n"], sp["m"])
+    model = info.pop("model", model).to("cpu")  # `smaller`: a new, smaller model
+    if entry.export == "nm":
+        assert_exact_nm(targets, sp["n"], sp["m"], f"the {method} export")
+    violations = check_model(model, targets, sp["n"], sp["m"]) if entry.export == "nm" else {}
     history = info.pop("history", [])
     if acc.is_main_process:
         save_model(model, tok, out_dir / "model", dtype=export_dtype(cfg, size))
         shutil.rmtree(out_dir / ".ckpt", ignore_errors=True)  # finished: nothing left to resume
-        write_json(out_dir / "mask_stats.json", {"history": history, "violations": sum(violations.values()),
-                                                  "targets": len(targets)})
+        write_json(out_dir / "mask_stats.json", {"history": history, "export": entry.export, "targets": len(targets),
+                                                  "violations": sum(violations.values()) if violations else None})
     acc.wait_for_everyone()
-    zeros = sum(int((mod.weight == 0).sum()) for mod in targets.values())
-    total = sum(mod.weight.numel() for mod in targets.values())
+    if entry.export == "smaller":  # the share of the gated projection weights removed
+        zeros, total = info["proj_params_dense"] - info["proj_params_kept"], info["proj_params_dense"]
+    else:
+        zeros = sum(int((mod.weight == 0).sum()) for mod in targets.values())
+        total = sum(mod.weight.numel() for mod in targets.values())
     # tokens actually trained: whole global batches (the budget label stays in the path)
     trained = info.get("steps", 0) * cfg["train"]["batch_size"] * cfg["train"]["seqlen"] if entry.kind == "train" else 0
-    return {"algorithm": mcfg["algorithm"], "kind": entry.kind, "tokens": trained, "budget_tokens": tokens_budget, "seed": seed,
-            "wall_s": time.time() - t0, "nm_violations": 0, "target_sparsity": zeros / total, "targets": len(targets),
-            **info}
+    return {"algorithm": mcfg["algorithm"], "kind": entry.kind, "export": entry.export, "tokens": trained,
+            "budget_tokens": tokens_budget, "seed": seed, "wall_s": time.time() - t0,
+            "nm_violations": 0 if entry.export == "nm" else None, "target_sparsity": zeros / total,
+            "targets": len(targets), "params": sum(p.numel() for p in model.parameters()), **info}
 
 
 def cli(cfg: dict, args, tracker=None) -> dict:

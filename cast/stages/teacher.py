@@ -37,7 +37,10 @@ def run(cfg: dict, size: str, data_dir: str | Path, out_dir: str | Path, tracker
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=tcfg["lr"], betas=tuple(tcfg["betas"]))
-    sched = make_scheduler(opt, tcfg["lr_schedule"], tcfg["warmup_steps"], steps, tcfg["min_lr_ratio"])
+    if tcfg["lr_schedule"] == "plateau":
+        sched, should_stop = _plateau(cfg, opt, steps, data_dir, model, acc, tracker)
+    else:
+        sched, should_stop = make_scheduler(opt, tcfg["lr_schedule"], tcfg["warmup_steps"], steps, tcfg["min_lr_ratio"]), None
     model, opt = acc.prepare(model, opt)
     sampler = BlockSampler(train_tokens(data_dir), tcfg["seqlen"], tcfg["batch_size"], cfg["seed"],
                            acc.process_index, acc.num_processes)
@@ -50,15 +53,52 @@ def run(cfg: dict, size: str, data_dir: str | Path, out_dir: str | Path, tracker
     ckpt = out_dir.parent / ".ckpt"  # Layout.checkpoint of the teacher folder
     last = train(model, opt, sched, sampler, steps, loss_fn, accelerator=acc, grad_clip=tcfg["grad_clip"],
                  ckpt_dir=ckpt, ckpt_every=tcfg["checkpoint_every"], on_log=log, desc=f"teacher {size}",
-                 fingerprint=fingerprint(cfg, "teacher", size=size))
+                 fingerprint=fingerprint(cfg, "teacher", size=size), should_stop=should_stop)
+    done = sched.last_epoch  # optimizer steps taken (the plateau schedule may end early)
     model = acc.unwrap_model(model)
     if acc.is_main_process:
         save_model(model, tok, out_dir)
         shutil.rmtree(ckpt, ignore_errors=True)
     acc.wait_for_everyone()
-    return {"non_embedding_params": non_embedding_params(model), "params": sum(p.numel() for p in model.parameters()),
-            "tokens": steps * tcfg["batch_size"] * tcfg["seqlen"], "steps": steps,
-            "final_train_ce": last.get("train/ce"), "wall_s": time.time() - t0}
+    out = {"non_embedding_params": non_embedding_params(model), "params": sum(p.numel() for p in model.parameters()),
+           "tokens": done * tcfg["batch_size"] * tcfg["seqlen"], "steps": done,
+           "final_train_ce": last.get("train/ce"), "wall_s": time.time() - t0}
+    if should_stop is not None:  # the validation curve and why training ended
+        out.update(plateaued=sched.plateaued, cooldown_from_step=sched.stop_step, val_curve=sched.curve,
+                   best_val_loss=min((c["val_loss"] for c in sched.curve), default=None))
+    return out
+
+
+def _plateau(cfg, opt, max_steps: int, data_dir, model, acc, tracker):
+    """The plateau schedule (cast.plateau) and its stop test: every eval_every steps the mean NLL of
+    the first eval_windows validation windows."""
+    from ..data import blocks, load_tokens
+    from ..perplexity import perplexity
+    from ..plateau import PlateauSchedule
+
+    tcfg, p = cfg["teacher"], cfg["teacher"]["plateau"]
+    per_step = tcfg["batch_size"] * tcfg["seqlen"]
+    min_tokens = parse_tokens(p["min_tokens"]) if p["min_tokens"] else 4 * max(map(parse_tokens, cfg["run"]["budgets"]))
+    sched = PlateauSchedule(opt, warmup=tcfg["warmup_steps"], max_steps=max_steps, min_steps=-(-min_tokens // per_step),
+                            patience=p["patience"], min_delta=p["min_delta"], cooldown=p["cooldown"],
+                            min_lr_ratio=tcfg["min_lr_ratio"])
+    windows = blocks(load_tokens(data_dir, "validation"), tcfg["seqlen"])[:p["eval_windows"]]
+    val = windows.reshape(-1)
+
+    def should_stop(done: int) -> bool:
+        if sched.stop_step is None and (done % p["eval_every"] == 0 or done == max_steps):
+            loss = perplexity(model, val, tcfg["seqlen"], tcfg["batch_size"], acc.device, desc="")["nll"]
+            model.train()
+            sched.observe(done, loss)
+            if tracker is not None and acc.is_main_process:
+                tracker.log_metrics({"teacher/val_loss": loss, "teacher/tokens": done * per_step}, done)
+        if sched.finished(done):  # the cooled-down teacher's validation loss closes the curve
+            sched.curve.append({"step": done, "val_loss": perplexity(model, val, tcfg["seqlen"], tcfg["batch_size"],
+                                                                     acc.device, desc="")["nll"], "best": sched.best})
+            return True
+        return False
+
+    return sched, should_stop
 
 
 def cli(cfg: dict, args, tracker=None) -> dict:

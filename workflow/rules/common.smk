@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))  # the repo root holds the cast 
 from cast import methods as registry
 from cast import tokenizers
 from cast.config import ConfigError, config_hash, merge_configs, method_sizes, read_yaml, resolve_config
-from cast.jobs import fingerprint
+from cast.jobs import fingerprint, zeroshot_wanted
 from cast.zeroshot import needs_local, resolve_task_names
 from cast.layout import (BASE_RE, NAME_RE, PREFIX_RE, RUN_RE, Layout, Prefix, FINETUNE_PATTERN, QUANT_PATTERN,
                          SPARSE_PATTERN, TEACHER_PATTERN, sparse, teacher)
@@ -30,6 +30,8 @@ R = L.root
 TOKENIZERS = tokenizers.ids(CFG)  # {id: source}: one data folder per distinct tokenizer
 FT = CFG["finetune"]
 QUANT = CFG["quantize"]
+DOMAINS = CFG["evaluate"]["domains"]
+CORPORA = {**DOMAINS, **FT["datasets"]}  # extra corpora (fine-tuning data, held-out domains): one downstream job each
 # Jobs find the interpreter and the resolved config in the environment ($CAST_PYTHON, $CAST_CONFIG):
 # as rule params, a new config hash or another virtualenv would rerun every finished job.
 os.environ["CAST_PYTHON"] = sys.executable
@@ -71,6 +73,15 @@ def data_of_prefix(w):
     return data_of(Prefix.parse(getattr(w, "prefix", None) or w.base).size)
 
 
+def domains_of(size):
+    """The token folders of the held-out domains (evaluate.domains) in a size's tokenizer."""
+    return [L.downstream(d, tokenizers.id_of(CFG, size)) for d in DOMAINS]
+
+
+def domains_of_prefix(w):
+    return domains_of(Prefix.parse(w.prefix).size)
+
+
 def tokenizer_arg(w):
     src = TOKENIZERS[w.tok]
     return f"--tokenizer {tokenizers.BPE if src is None else src}"
@@ -94,9 +105,17 @@ def budgets_of(method):
     return budgets if method in CFG["run"]["sweep_methods"] else budgets[-1:]
 
 
+def replicates_of(size, method, budget):
+    """Replicate indices of a sparse model: 0, plus 1..count-1 for run.replicates' methods and sizes at
+    the method's largest budget."""
+    rep = CFG["run"]["replicates"]
+    chosen = method in rep["methods"] and (rep["sizes"] is None or size in rep["sizes"]) and budget == budgets_of(method)[-1]
+    return range(rep["count"] if chosen else 1)
+
+
 def sparse_prefixes():
-    return [sparse(s, m, b) for s in CFG["run"]["sizes"] for m in CFG["run"]["methods"]
-            if s in method_sizes(CFG, m) for b in budgets_of(m)]
+    return [sparse(s, m, b, k) for s in CFG["run"]["sizes"] for m in CFG["run"]["methods"]
+            if s in method_sizes(CFG, m) for b in budgets_of(m) for k in replicates_of(s, m, b)]
 
 
 def model_prefixes():
@@ -176,10 +195,10 @@ ZS_LOCAL = CFG["zeroshot"]["enabled"] and needs_local(resolve_task_names(CFG["ze
 
 
 def zeroshot_args(w):
-    """--tasks-dir of the local tasks; --no-zeroshot on variants unless zeroshot.on_variants."""
-    p = Prefix.parse(w.prefix)
-    off = not CFG["zeroshot"]["on_variants"] and bool(p.finetune or p.quant)
-    return "--no-zeroshot" if off else (f"--tasks-dir {L.tasks}" if ZS_LOCAL else "")
+    """--tasks-dir of the local tasks, or --no-zeroshot where cast.jobs.zeroshot_wanted says so."""
+    if not zeroshot_wanted(CFG, w.prefix):
+        return "--no-zeroshot"
+    return f"--tasks-dir {L.tasks}" if ZS_LOCAL else ""
 
 
 def scaling_law_inputs():

@@ -7,6 +7,7 @@ if CFG["evaluate"]["group"] == "model":
         input:
             flag=L.mlflow_flag,
             data=data_of_prefix,
+            domains=domains_of_prefix,
             model=L.model("{prefix}"),
             tasks=[L.tasks] if ZS_LOCAL else [],
         output:
@@ -38,6 +39,7 @@ else:
             input:
                 flag=L.mlflow_flag,
                 data=data_of(_size),
+                domains=domains_of(_size),
                 models=[L.model(p) for p in size_prefixes(_size)],
                 tasks=[L.tasks] if ZS_LOCAL else [],
             output:

@@ -7,7 +7,7 @@ rule downstream:
     output:
         directory(L.downstream("{dataset}", "{tok}")),
     wildcard_constraints:
-        dataset="|".join(FT["datasets"]),
+        dataset="|".join(CORPORA),
     params:
         cast=launcher(1),
         fingerprint=lambda w: fingerprint(CFG, "downstream", dataset=w.dataset, tokenizer=TOKENIZERS[w.tok]),
