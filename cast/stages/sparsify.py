@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .. import methods
+from .. import distributed, methods
 from ..config import method_config
 from ..io import write_json
 from ..jobs import fingerprint
@@ -27,7 +27,9 @@ def run(cfg: dict, size: str, method: str, budget, teacher_dir: str | Path, data
     tokens_budget = parse_tokens(budget) if entry.kind == "train" else 0
     seed = cfg["seed"] + int(replicate)  # replicate k: data order and scale init of seed + k
     t0 = time.time()
-    acc = setup({**cfg, "seed": seed}, cfg["train"]["precision"] if entry.kind == "train" else "no")
+    tr = cfg["train"]
+    strategy = distributed.resolve(cfg, "train", f"sparsify {size}/{method}") if entry.kind == "train" else "ddp"
+    acc = setup({**cfg, "seed": seed}, distributed.autocast_precision(tr["precision"], strategy) if entry.kind == "train" else "no")
     tok = tokenizer_of(data_dir, cfg)
     model = load_dense(teacher_dir, cfg)
     targets = find_targets(model, sp["targets"], sp["exclude"], sp["m"])
@@ -37,8 +39,15 @@ def run(cfg: dict, size: str, method: str, budget, teacher_dir: str | Path, data
         teacher = copy.deepcopy(model).to(dtype=tdtype, device=acc.device).eval().requires_grad_(False)
         kw.update(teacher=teacher, budget=tokens_budget, ckpt_dir=out_dir / ".ckpt", lr=cfg["models"][size].get("lr"),
                   fingerprint=fingerprint(cfg, "sparsify", size=size, method=method, budget=budget_label(budget),
-                                          replicate=int(replicate)))
+                                          replicate=int(replicate)),
+                  strategy=distributed.strategy(strategy, acc, tr["precision"], tr["activation_checkpointing"]))
     info = entry.load()(model, targets, {**cfg, "seed": seed}, mcfg, method=method, accelerator=acc, tracker=tracker, **kw)
+    exported = info.pop("model", model)
+    if exported is None:  # fsdp2: the full model exists on the main process only
+        acc.wait_for_everyone()
+        return {"algorithm": mcfg["algorithm"], "kind": entry.kind, "strategy": strategy}
+    if exported is not model:
+        model, targets = exported, find_targets(exported, sp["targets"], sp["exclude"], sp["m"])
     model = model.to("cpu")
     assert_exact_nm(targets, sp["n"], sp["m"], f"the {method} export")
     violations = check_model(model, targets, sp["n"], sp["m"])
@@ -51,7 +60,7 @@ def run(cfg: dict, size: str, method: str, budget, teacher_dir: str | Path, data
     acc.wait_for_everyone()
     zeros = sum(int((mod.weight == 0).sum()) for mod in targets.values())
     total = sum(mod.weight.numel() for mod in targets.values())
-    return {"algorithm": mcfg["algorithm"], "kind": entry.kind, "tokens": tokens_budget, "seed": seed,
+    return {"algorithm": mcfg["algorithm"], "kind": entry.kind, "tokens": tokens_budget, "seed": seed, "strategy": strategy,
             "wall_s": time.time() - t0, "nm_violations": 0, "target_sparsity": zeros / total, "targets": len(targets),
             **info}
 
