@@ -80,7 +80,7 @@ def test_workflow_completes_through_sbatch(slurm_run):
     R = Path(raw["results_dir"])
     for prefix in ("xs/teacher", "xs/cast/16k", "xs/magnitude/0", "xs/cast/16k/finetune/news"):
         assert json.loads((R / prefix / "eval.json").read_text())["metrics"], prefix
-    for out in ("tables/ppl.md", "tables/ppl.csv", "scaling/fit.json", "report/index.html", "report/report.md"):
+    for out in ("tables/ppl.md", "tables/ppl.csv", "scaling_law/fit.json", "report/index.html", "report/report.md"):
         assert (R / out).exists(), out
     rules = sorted(_rule(c)[0] for c in slurm_run["calls"])
     # local rules never reach sbatch; `data` runs twice: its first job is failed by the mock (retries: 1)
