@@ -70,6 +70,12 @@ class DDP:
             enable_activation_checkpointing(model)
         return model
 
+    def load_model(self, path, cfg: dict, dtype=torch.float32) -> nn.Module:
+        """The checkpoint at `path`, as every process reads it."""
+        from .stages.common import load_dense
+
+        return load_dense(path, cfg, dtype=dtype)
+
     def local(self, p: torch.Tensor) -> torch.Tensor:
         return p
 
@@ -115,10 +121,31 @@ class FSDP2(DDP):
         self._pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
 
     # -- sharding ------------------------------------------------------------------------------
+    def load_model(self, path, cfg: dict, dtype=torch.float32) -> nn.Module:
+        """Rank 0 reads the checkpoint; the other ranks build the model on the meta device (no
+        memory), and `shard` broadcasts rank 0's tensors into their shards: one copy in host memory
+        per node instead of one per process."""
+        if self.rank == 0:
+            return super().load_model(path, cfg, dtype)
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=cfg["trust_remote_code"])
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=cfg["trust_remote_code"])
+
+    def _to_device(self, module: nn.Module, recurse: bool = True) -> nn.Module:
+        tensors = [*module.parameters(recurse=recurse), *module.buffers(recurse=recurse)]
+        if any(t.is_meta for t in tensors):  # filled by the broadcast from rank 0
+            return module.to_empty(device=self.device, recurse=recurse)
+        return module._apply(lambda t: t.to(self.device), recurse=recurse)
+
     def shard(self, model: nn.Module, frozen: bool = False) -> nn.Module:
         """fully_shard every decoder layer, then the root, moving each to the device first (so the
-        device never holds more than the shards plus one layer). A frozen model (the teacher) keeps
-        its dtype and reshards after every forward, also at the root."""
+        device never holds more than the shards plus one layer). Every rank's shards then get rank
+        0's values (models built on the meta device: `load_model`). A frozen model (the teacher)
+        keeps its dtype and reshards after every forward, also at the root."""
+        import torch.distributed as dist
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         from torch.distributed.tensor import Shard
 
@@ -133,9 +160,18 @@ class FSDP2(DDP):
         layers = [m for m in model.modules() if type(m).__name__ in names]
         if not layers:
             raise ValueError(f"fsdp2: no decoder layer ({type(model).__name__}._no_split_modules) to shard")
+        full = model.state_dict() if self.rank == 0 and self.world > 1 else {}
+        inside = {id(m) for layer in layers for m in layer.modules()}
         for layer in layers:
-            fully_shard(layer.to(self.device), reshard_after_forward=True, **kw)
-        fully_shard(model.to(self.device), reshard_after_forward=True if frozen else None, **kw)
+            fully_shard(self._to_device(layer), reshard_after_forward=True, **kw)
+        for m in model.modules():
+            if id(m) not in inside:
+                self._to_device(m, recurse=False)
+        fully_shard(model, reshard_after_forward=True if frozen else None, **kw)
+        if self.world > 1:
+            set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+            for b in model.buffers():
+                dist.broadcast(b, src=0)
         return model
 
     def local(self, p: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,9 @@ writes the exported model's state dict to OUT/<case>.safetensors.
     python tests/fsdp_cases.py OUT llama-cast-foreach gpt2-srste-foreach ...
     python -m torch.distributed.run --nproc_per_node 2 tests/fsdp_cases.py OUT ...
 
-A case is ARCH-METHOD-IMPL: ARCH llama (nn.Linear) or gpt2 (Conv1D), METHOD cast or srste,
-IMPL foreach or compiled (AdamS). Tiny models, synthetic tokens, no file but the outputs.
+A case is ARCH-METHOD-IMPL[-ckpt]: ARCH llama (nn.Linear) or gpt2 (Conv1D), METHOD cast or srste,
+IMPL foreach or compiled (AdamS), -ckpt with activation checkpointing. Tiny models, synthetic
+tokens, no file but the outputs.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def run_case(case: str, out: Path, sharded: bool) -> None:
     from cast.sparsity import find_targets
     from cast.stages.common import setup
 
-    arch, method, impl = case.split("-")
+    arch, method, impl, *ckpt = case.split("-")
     cfg = config(impl)
     acc = setup(cfg)
     model = tiny(arch, wide=impl == "compiled")
@@ -66,7 +67,7 @@ def run_case(case: str, out: Path, sharded: bool) -> None:
     sp = cfg["sparsity"]
     targets = find_targets(model, sp["targets"], sp["exclude"], sp["m"])
     tokens = np.random.default_rng(0).integers(0, 96, 16 * 4 * 12, dtype=np.int64)
-    strat = distributed.strategy("fsdp2" if sharded else "ddp", acc)
+    strat = distributed.strategy("fsdp2" if sharded else "ddp", acc, activation_checkpointing=bool(ckpt))
     fn = train_cast if method == "cast" else train_srste
     info = fn(model, targets, cfg, method_config(cfg, method), teacher=teacher, tokens=tokens, budget=16 * 4 * 10,
               method=method, accelerator=acc, strategy=strat)

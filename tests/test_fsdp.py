@@ -32,17 +32,18 @@ def _torchrun(procs=2):
 @pytest.mark.slow
 def test_two_sharded_processes_match_one(tmp_path):
     """LLaMA (nn.Linear, Shard(0)) and GPT-2 (Conv1D, Shard(1)); CAST with the foreach and the compiled
-    AdamS (C mask kernel), SR-STE's masked forward: final weights within 1e-5, identical masks."""
+    AdamS (C mask kernel), SR-STE's masked forward; with activation checkpointing (against the
+    one-process run without): final weights within 1e-5, identical masks."""
     script = str(REPO / "tests" / "fsdp_cases.py")
     ref = subprocess.Popen([sys.executable, script, str(tmp_path / "one"), *CASES], env=_env(),
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    two = subprocess.run([*_torchrun(), script, str(tmp_path / "two"), *CASES], env=_env(), capture_output=True,
-                         text=True, timeout=600)
+    two = subprocess.run([*_torchrun(), script, str(tmp_path / "two"), *CASES, "llama-cast-foreach-ckpt"], env=_env(),
+                         capture_output=True, text=True, timeout=600)
     _, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
-    for case in CASES:
-        a, b = load_file(str(tmp_path / "one" / f"{case}.safetensors")), load_file(str(tmp_path / "two" / f"{case}.safetensors"))
+    for case, sharded in [(c, c) for c in CASES] + [("llama-cast-foreach", "llama-cast-foreach-ckpt")]:
+        a, b = load_file(str(tmp_path / "one" / f"{case}.safetensors")), load_file(str(tmp_path / "two" / f"{sharded}.safetensors"))
         assert a.keys() == b.keys(), case  # the export: the same tensors as a one-process run
         sparse = [k for k in a if k.endswith("weight") and any(t in k for t in ("proj", "c_attn", "c_fc"))]
         assert len(sparse) >= 8, case

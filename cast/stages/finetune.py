@@ -79,9 +79,10 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, dataset: str, ou
     acc = setup(cfg, distributed.autocast_precision(tr["precision"], name))
     strat = distributed.strategy(name, acc, tr["precision"], tr["activation_checkpointing"])
     tok = tokenizer_of(data_dir, cfg)
-    model = load_dense(model_dir, cfg)
+    model = strat.load_model(model_dir, cfg)  # fsdp2: rank 0 reads it, the others build it on the meta device
     targets = find_targets(model, sp["targets"], sp["exclude"])
-    sparse, _ = nm_status(targets, sp["n"], sp["m"])
+    sparse, _ = nm_status(targets, sp["n"], sp["m"]) if acc.is_main_process or not strat.sharded else (False, 0)
+    sparse = bool(strat.all_sum([float(sparse)])[0]) if strat.sharded else sparse  # rank 0's verdict
     ppl_before = downstream_ppl(cfg, model, dataset, ddir) if acc.is_main_process else {}
     model.train()
     model = strat.shard(model)
@@ -104,8 +105,10 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, dataset: str, ou
         if teacher_dir is None:
             raise ConfigError("config key 'finetune.eta': distillation needs a teacher model (--teacher)")
         tdtype = getattr(torch, cfg["train"]["teacher_dtype"])
-        teacher = load_dense(teacher_dir, cfg, dtype=tdtype).to(acc.device).eval().requires_grad_(False)
-        teacher = strat.shard(teacher, frozen=True) if strat.sharded else teacher
+        if strat.sharded:
+            teacher = strat.shard(strat.load_model(teacher_dir, cfg, tdtype).eval().requires_grad_(False), frozen=True)
+        else:
+            teacher = load_dense(teacher_dir, cfg, dtype=tdtype).to(acc.device).eval().requires_grad_(False)
     sampler = BlockSampler(load_split(ddir, "train"), ft["seqlen"], ft["batch_size"], cfg["seed"],
                            acc.process_index, acc.num_processes)
 

@@ -31,16 +31,17 @@ def run(cfg: dict, size: str, method: str, budget, teacher_dir: str | Path, data
     strategy = distributed.resolve(cfg, "train", f"sparsify {size}/{method}") if entry.kind == "train" else "ddp"
     acc = setup({**cfg, "seed": seed}, distributed.autocast_precision(tr["precision"], strategy) if entry.kind == "train" else "no")
     tok = tokenizer_of(data_dir, cfg)
-    model = load_dense(teacher_dir, cfg)
+    strat = distributed.strategy(strategy, acc, tr["precision"], tr["activation_checkpointing"]) if entry.kind == "train" else None
+    model = strat.load_model(teacher_dir, cfg) if strat else load_dense(teacher_dir, cfg)  # fsdp2: rank 0 reads it
     targets = find_targets(model, sp["targets"], sp["exclude"], sp["m"])
     kw = dict(tokens=train_tokens(data_dir))
     if entry.kind == "train":
         tdtype = getattr(torch, cfg["train"]["teacher_dtype"])
-        teacher = copy.deepcopy(model).to(dtype=tdtype, device=acc.device).eval().requires_grad_(False)
+        teacher = copy.deepcopy(model).to(dtype=tdtype, device=None if strat.sharded else acc.device)  # fsdp2 moves it
+        teacher = teacher.eval().requires_grad_(False)
         kw.update(teacher=teacher, budget=tokens_budget, ckpt_dir=out_dir / ".ckpt", lr=cfg["models"][size].get("lr"),
                   fingerprint=fingerprint(cfg, "sparsify", size=size, method=method, budget=budget_label(budget),
-                                          replicate=int(replicate)),
-                  strategy=distributed.strategy(strategy, acc, tr["precision"], tr["activation_checkpointing"]))
+                                          replicate=int(replicate)), strategy=strat)
     info = entry.load()(model, targets, {**cfg, "seed": seed}, mcfg, method=method, accelerator=acc, tracker=tracker, **kw)
     exported = info.pop("model", model)
     if exported is None:  # fsdp2: the full model exists on the main process only
