@@ -264,19 +264,20 @@ def check(cfg: dict) -> None:
 
 
 def table(cfg: dict, job: Job) -> list[str]:
-    """Markdown rows: every strategy x GPU count (and the configured one), GiB per component."""
+    """Markdown rows: every strategy x GPU count (and the configured one), per component (GiB, or
+    MiB for a job under 1 GiB)."""
     keys = ("weights", "grads", "moments", "mask", "teacher", "activations", "temporaries", "gathered", "runtime")
-    cap, chosen = cfg["resources"]["gpu_mem_gb"], choose(cfg, job)
-    gpu = cfg["device"] != "cpu"
-    lines = [f"| strategy | GPUs | {' | '.join(keys)} | total | fits {cap or '?'} GiB |",
+    cap, chosen, gpu = cfg["resources"]["gpu_mem_gb"], choose(cfg, job), cfg["device"] != "cpu"
+    rows = [(strategy, w, components(job, strategy, w, gpu)) for strategy in ("ddp", "fsdp2")
+            for w in sorted(set(GPU_COUNTS) | {job.world})]
+    unit, name = (GIB, "GiB") if max(total(p) - p["runtime"] for *_, p in rows) >= GIB else (2**20, "MiB")
+    lines = [f"| strategy | GPUs | {' | '.join(keys)} | total ({name}) | fits {cap or '?'} GiB |",
              "|---" * (len(keys) + 4) + "|"]
-    for strategy in ("ddp", "fsdp2"):
-        for w in sorted(set(GPU_COUNTS) | {job.world}):
-            parts = components(job, strategy, w, gpu)
-            ok = fits(parts, cap)
-            mark = " **(configured)**" if (strategy, w) == (chosen, job.world) else ""
-            lines.append(f"| {strategy}{mark} | {w} | " + " | ".join(f"{parts[k] / GIB:.1f}" for k in keys)
-                         + f" | {total(parts) / GIB:.1f} | {'-' if ok is None else 'yes' if ok else 'no'} |")
+    for strategy, w, parts in rows:
+        ok = fits(parts, cap)
+        mark = " **(configured)**" if (strategy, w) == (chosen, job.world) else ""
+        lines.append(f"| {strategy}{mark} | {w} | " + " | ".join(f"{parts[k] / unit:.1f}" for k in keys)
+                     + f" | {total(parts) / unit:.1f} | {'-' if ok is None else 'yes' if ok else 'no'} |")
     return lines
 
 
@@ -288,7 +289,8 @@ def cli(cfg: dict, args, _tracker) -> int:
     for job in jobs:
         s, sec = job.shape, cfg[job.section]
         strategy = choose(cfg, job)
-        print(f"## {job.label}: {s.params / 1e9:.2f}B parameters ({s.sparse_params / 1e9:.2f}B N:M targets), "
+        size = (lambda n: f"{n / 1e9:.2f}B" if s.params >= 1e9 else f"{n / 1e6:.1f}M")
+        print(f"## {job.label}: {size(s.params)} parameters ({size(s.sparse_params)} N:M targets), "
               f"micro-batch {job.micro_batch} x {job.seqlen} tokens, compute {'bf16' if job.compute_bytes == 2 else 'fp32'}, "
               f"{'AdamS ' + ('compiled' if job.compiled else 'foreach') if job.adams else 'AdamW'}, "
               f"teacher {'none' if not job.teacher_bytes else 'bf16' if job.teacher_bytes == 2 else 'fp32'}, "
