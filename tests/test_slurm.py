@@ -198,7 +198,7 @@ def two_node_run(tmp_path_factory, micro_data):
     R = work / "results"
     env = {**os.environ, "PATH": f"{MOCK}{os.pathsep}{os.environ['PATH']}", "CAST_NO_TQDM": "1", "PYTHONPATH": str(REPO),
            "MOCK_SLURM_LOG": str(work / "sbatch.jsonl"), "MOCK_SLURM_STATE": str(work / "mock_state"),
-           "MOCK_SLURM_ACCOUNTS": "your_account", "MOCK_SLURM_SACCT_WAIT": "30"}
+           "MOCK_SLURM_ACCOUNTS": "your_account", "MOCK_SLURM_SACCT_WAIT": "120"}  # answers when the job ends
     env.pop("SLURM_JOB_ID", None)
     subprocess.run([sys.executable, "-m", "cast.cli", "init", "--config", str(cfgfile), "--flag", str(R / ".mlflow_initialized")],
                    check=True, env=env, capture_output=True, timeout=120)
