@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES.values():
         p = sub.add_parser(stage.name, help=stage.help, description=f"{stage.description}\n\nexample:\n  {stage.example}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", required=True, help="YAML config (validated as by `cast validate`)")
+        p.add_argument("--config", "--configfile", dest="config", required=True,
+                       help="YAML config (validated as by `cast validate`)")
         if stage.result:
             p.add_argument("--result", required=True, help="result JSON to write (holds the MLflow run id)")
         for a in stage.args:

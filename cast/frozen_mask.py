@@ -27,3 +27,30 @@ def freeze_zeros(targets: dict[str, nn.Module], optimizer: torch.optim.Optimizer
 
     handles.append(optimizer.register_step_post_hook(reapply))
     return masks, handles
+
+
+def freeze_zeros_sharded(targets: dict[str, nn.Module], optimizer: torch.optim.Optimizer, local, all_sum):
+    """freeze_zeros under fsdp2, on the local shards (`local`, `all_sum`: cast.distributed). FSDP
+    assigns the sharded gradients after its reduce-scatter, past any tensor hook, so the gradients
+    are masked by the returned `mask_grads`, which the loop calls once they are complete (before
+    clipping: what the hooks of freeze_zeros achieve). Returns (local keep masks, mask_grads,
+    revived(): pruned entries that are non-zero now, over every process)."""
+    params = [(weight_of(mod), local(weight_of(mod)) != 0) for mod in targets.values()]
+
+    @torch.no_grad()
+    def mask_grads():
+        for p, keep in params:
+            if p.grad is not None:
+                g = p.grad.to_local()
+                g.mul_(keep.to(g.dtype))
+
+    @torch.no_grad()
+    def reapply(opt, args, kwargs):
+        for p, keep in params:
+            local(p).masked_fill_(~keep, 0.0)
+
+    def revived() -> int:
+        return int(all_sum([float(sum(int((local(p)[~keep] != 0).sum()) for p, keep in params))])[0])
+
+    optimizer.register_step_post_hook(reapply)
+    return {name: keep for name, (_, keep) in zip(targets, params)}, mask_grads, revived

@@ -12,8 +12,12 @@ from .config import config_hash, method_config
 from .layout import Prefix
 
 # keys that change how a job runs, never what it computes: left out of every slice, so switching
-# them neither reruns finished jobs nor makes their checkpoints unusable
-RUNTIME_ONLY = {"train": ("malloc", "checkpoint_every"), "teacher": ("checkpoint_every",),
+# them neither reruns finished jobs nor makes their checkpoints unusable. strategy, nodes and
+# activation_checkpointing decide where and how a training job runs (sharding, placement,
+# recomputation): its numbers agree up to float rounding, so a finished job is not rerun; a
+# checkpoint is resumed only in its own format (cast.train.train: the checkpointer's tag)
+RUNTIME_ONLY = {"train": ("malloc", "checkpoint_every", "strategy", "nodes", "activation_checkpointing"),
+                "teacher": ("checkpoint_every", "strategy", "nodes", "activation_checkpointing"),
                 "finetune": ("checkpoint_every",), "evaluate": ("group",)}
 # grid selection: which jobs exist, not what one computes
 SELECTION = {"finetune": ("datasets", "sizes", "methods", "apply_to"), "quantize": ("schemes", "sizes", "methods", "apply_to"),

@@ -13,7 +13,7 @@ from .errors import SparsityError
 
 __all__ = ["SparsityError", "nm_mask", "param_mask", "input_dim_of", "find_targets", "weight_of", "weight_matrix",
            "set_weight_matrix", "check_model", "assert_exact_nm", "keep_masks", "revived", "assert_zeros_kept",
-           "nm_status", "hard_prune_", "attach_ste_masks"]
+           "nm_status", "hard_prune_", "prune_", "attach_ste_masks"]
 
 
 def nm_groups(shape, m: int, input_dim: int = -1) -> tuple[int, int]:
@@ -172,20 +172,27 @@ def hard_prune_(targets: dict[str, nn.Module], n: int, m: int, masks: dict[str, 
     +0.0 bit for bit (a product would leave -0.0 under negative weights, which 2:4 packers reject)."""
     for name, mod in targets.items():
         w = weight_of(mod)
-        mask = masks[name] if masks is not None else param_mask(w, n, m, input_dim_of(mod))
-        w.copy_(torch.where(mask.to(w.device), w, torch.zeros((), dtype=w.dtype, device=w.device)))
+        prune_(w, masks[name] if masks is not None else param_mask(w, n, m, input_dim_of(mod)))
+
+
+@torch.no_grad()
+def prune_(w: torch.Tensor, mask: torch.Tensor) -> None:
+    """w <- w where mask, else +0.0 (also on a local shard and its mask)."""
+    w.copy_(torch.where(mask.to(w.device), w, torch.zeros((), dtype=w.dtype, device=w.device)))
 
 
 class MaskedSTE(nn.Module):
     """SR-STE forward: the layer sees W * M, the gradient reaches every entry of W unchanged
-    (straight-through). The mask comes from a callable so it follows the optimizer's refreshes."""
+    (straight-through). The mask comes from a callable so it follows the optimizer's refreshes (None:
+    no mask yet, the layer sees W)."""
 
     def __init__(self, get_mask):
         super().__init__()
         self.get_mask = get_mask
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w + (w * self.get_mask().to(w.dtype) - w).detach()
+        mask = self.get_mask()
+        return w if mask is None else w + (w * mask.to(w.dtype) - w).detach()
 
 
 def attach_ste_masks(targets: dict[str, nn.Module], get_mask) -> None:

@@ -104,24 +104,41 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> int:
     return json.loads((ckpt_dir / "step.json").read_text())["step"]
 
 
+class OwnCheckpoints:
+    """The checkpointer of whole-tensor training (one process, DDP): the main process writes
+    save_checkpoint's format. Sharded training uses cast.checkpointing.DCPCheckpoints."""
+    tag = ""  # appended to the job fingerprint in step.json (none: checkpoints of earlier versions resume)
+
+    def save(self, ckpt_dir, step, model, optimizer, scheduler, fingerprint, accelerator) -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(ckpt_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, fingerprint)
+
+    def load(self, ckpt_dir, model, optimizer, scheduler, accelerator) -> int:
+        return load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler)
+
+
 # -- the loop ------------------------------------------------------------------------------------
 def train(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int,
           loss_fn: Callable, *, accelerator, grad_clip: float = 0.0, grad_accum: int = 1,
           ckpt_dir: str | Path | None = None, ckpt_every: int = 0, log_every: int = 10,
           on_log: Callable | None = None, stats_fn: Callable | None = None, desc: str = "train",
-          fingerprint: str = "", should_stop: Callable | None = None) -> dict:
+          fingerprint: str = "", checkpointer=None, after_backward: Callable | None = None,
+          should_stop: Callable | None = None) -> dict:
     """Run steps [resume point, total_steps). loss_fn(model, input_ids) -> (loss, {name: tensor}).
     A checkpoint in ckpt_dir is resumed only if it was written by the same job (fingerprint of its
-    config); otherwise it is discarded. should_stop(steps_done) -> True ends the run early (e.g. a
+    config) in the checkpointer's format; otherwise it is discarded. checkpointer: the strategy's
+    (cast.distributed; default OwnCheckpoints); after_backward: called once the step's gradients
+    are complete, before clipping; should_stop(steps_done) -> True ends the run early (e.g. a
     plateaued validation loss, cast.plateau). Returns the last logged metrics."""
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
+    checkpointer = checkpointer or OwnCheckpoints()
     start = 0
     if ckpt_dir and (ckpt_dir / "step.json").exists() and \
-            json.loads((ckpt_dir / "step.json").read_text()).get("fingerprint", "") != fingerprint:
+            json.loads((ckpt_dir / "step.json").read_text()).get("fingerprint", "") != fingerprint + checkpointer.tag:
         accelerator.print(f"ignoring checkpoint {ckpt_dir}: written with another config")
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     if ckpt_dir and (ckpt_dir / "step.json").exists():
-        start = load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler)
+        start = checkpointer.load(ckpt_dir, model, optimizer, scheduler, accelerator)
         accelerator.print(f"resumed from {ckpt_dir} at step {start}/{total_steps}")
     params = [p for p in model.parameters() if p.requires_grad]
     last, t0, tokens = {}, time.time(), 0
@@ -141,6 +158,8 @@ def train(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int,
         if not math.isfinite(sums["loss"]):
             where = f"; the last good checkpoint is kept in {ckpt_dir}" if ckpt_dir and (ckpt_dir / "step.json").exists() else ""
             raise TrainingDiverged(f"non-finite loss ({sums['loss']}) at step {step + 1}: training stopped{where}")
+        if after_backward is not None:
+            after_backward()
         gnorm = accelerator.clip_grad_norm_(params, grad_clip) if grad_clip else None
         optimizer.step()
         scheduler.step()
@@ -152,14 +171,14 @@ def train(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int,
             last = {**{f"train/{k}": v for k, v in sums.items()}, "train/lr": scheduler.get_last_lr()[0],
                     "train/tokens_per_s": tokens / max(time.time() - t0, 1e-9)}
             if gnorm is not None:
-                last["train/grad_norm"] = float(gnorm)
+                last["train/grad_norm"] = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
             if stats_fn is not None:
                 last.update(stats_fn(done))
             bar.set_postfix(loss=f"{sums['loss']:.3f}")
             if on_log is not None and accelerator.is_main_process:
                 on_log(done, last)
-        if ckpt_dir and ckpt_every and done % ckpt_every == 0 and done < total_steps and accelerator.is_main_process:
-            save_checkpoint(ckpt_dir, done, accelerator.unwrap_model(model), optimizer, scheduler, fingerprint)
+        if ckpt_dir and ckpt_every and done % ckpt_every == 0 and done < total_steps:
+            checkpointer.save(ckpt_dir, done, model, optimizer, scheduler, fingerprint, accelerator)
         if stop:
             break
     return last

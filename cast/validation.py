@@ -17,7 +17,7 @@ from .errors import ConfigError
 
 def check_cross_fields(cfg: dict) -> None:
     for rule in (_sparsity, check_grid, _variants, _models, _tokenizers, _sequence_lengths, _batches, _data,
-                 _finetune_data, _method_entries, _zeroshot):
+                 _finetune_data, _method_entries, _zeroshot, _strategies):
         rule(cfg)
 
 
@@ -190,16 +190,26 @@ def _sequence_lengths(cfg: dict) -> None:
 
 
 def _batches(cfg: dict) -> None:
-    """Global batches split into whole sequences over processes and accumulation steps."""
+    """Global batches split into whole sequences over processes (on every node) and accumulation steps."""
     for sec in ("teacher", "train"):
         c = cfg[sec]
-        per_process, rest = divmod(c["batch_size"], c["processes"])
+        world = c["processes"] * c["nodes"]
+        per_process, rest = divmod(c["batch_size"], world)
         if rest:
+            where = f"{sec}.processes" if c["nodes"] == 1 else f"{sec}.processes x {sec}.nodes"
             raise ConfigError(f"config key '{sec}.batch_size': {c['batch_size']} is not divisible by the "
-                              f"{c['processes']} processes ({sec}.processes)")
+                              f"{world} processes ({where})")
         if per_process % c.get("grad_accum", 1):
             raise ConfigError(f"config key '{sec}.grad_accum': {c['grad_accum']} does not divide the "
                               f"{per_process} sequences per process ({sec}.batch_size / {sec}.processes)")
+
+
+def _strategies(cfg: dict) -> None:
+    """fsdp2 computes in bf16 or fp32; every training job's memory plan fits resources.gpu_mem_gb
+    (cast.plan: also what strategy auto picks)."""
+    from . import plan
+
+    plan.check(cfg)
 
 
 def _data(cfg: dict) -> None:

@@ -29,9 +29,12 @@ class BlockScale(nn.Module):
         return a if self.input_dim == 1 else a.t()
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.scaled(w, self.scale.to(w.dtype))
+
+    def scaled(self, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """W * expand(A) as a broadcast over (rows, blocks, block): no expanded copy of A, and a
-        backward that reduces over the block instead of scattering through repeat_interleave."""
-        a = self.scale.to(w.dtype)
+        backward that reduces over the block instead of scattering through repeat_interleave. Also
+        for the local shards of W and A under fsdp2 (the same rows of both)."""
         if self.input_dim == 1:  # w: (rows, cols)
             return (w.unflatten(1, (-1, self.block)) * a[:, :, None]).flatten(1)
         return (w.unflatten(0, (-1, self.block)) * a.t()[:, None, :]).flatten(0, 1)  # w: (cols, rows)
@@ -48,6 +51,24 @@ def attach_scales(targets: dict[str, nn.Module], blocks: int) -> dict[str, nn.Pa
         parametrize.register_parametrization(mod, "weight", sc)
         scales[name] = sc.scale
     return scales
+
+
+def scales_of(targets: dict[str, nn.Module]) -> dict[str, nn.Parameter]:
+    """{name: scale parameter} of the targets that carry a BlockScale (as the module holds it now,
+    e.g. after fsdp2 replaced it by its sharded version)."""
+    return {name: mod.parametrizations.weight[0].scale for name, mod in targets.items()
+            if parametrize.is_parametrized(mod, "weight") and isinstance(mod.parametrizations.weight[0], BlockScale)}
+
+
+@torch.no_grad()
+def fold_local_(targets: dict[str, nn.Module], local) -> None:
+    """fold_ on local shards, in place: W <- W * expand(A) on the tensors `local(p)` returns for W
+    and A (cast.distributed); the parametrization stays (the export drops it)."""
+    for mod in targets.values():
+        if parametrize.is_parametrized(mod, "weight") and isinstance(mod.parametrizations.weight[0], BlockScale):
+            sc = mod.parametrizations.weight[0]
+            w = local(mod.parametrizations.weight.original)
+            w.copy_(sc.scaled(w, local(sc.scale).to(w.dtype)))
 
 
 @torch.no_grad()

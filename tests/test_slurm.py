@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,72 @@ def test_mock_scheduler_speaks_the_plugins_formats(tmp_path):
     assert srun.stdout.strip() == "ran a" and srun.returncode == 0
     assert "MinJobAge" in _mock("scontrol", "show", "config", env=env).stdout
     assert _mock("sinfo", "-o", "%P", env=env).stdout.split() == ["PARTITION", "cpu*", "gpu"]
+
+
+@pytest.fixture(scope="module")
+def two_node_run(tmp_path_factory, micro_data):
+    """One CAST job with train.nodes: 2 (one process per node, fsdp2) through the profile: the data and
+    the teacher are in place, so the sparsify job is the only one submitted. The mock srun starts one
+    task per node on this machine (localhost, 127.0.0.2), so the c10d rendezvous really runs."""
+    import shutil
+
+    from cast.data import load_tokenizer
+    from cast.models import build_llama, save_model
+
+    cfg, data = micro_data
+    work = tmp_path_factory.mktemp("slurm2")
+    raw = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    raw["results_dir"] = str(work / "results")
+    raw["run"].update(sizes=["xs"], methods=["cast"], budgets=["8k"])
+    raw["train"].update(nodes=2, processes=1, strategy="fsdp2", checkpoint_every=0)
+    raw["quantize"]["apply_to"], raw["finetune"]["apply_to"], raw["zeroshot"]["enabled"] = [], [], False
+    cfgfile = work / "config.yaml"
+    cfgfile.write_text(yaml.safe_dump(raw))
+    R = work / "results"
+    env = {**os.environ, "PATH": f"{MOCK}{os.pathsep}{os.environ['PATH']}", "CAST_NO_TQDM": "1", "PYTHONPATH": str(REPO),
+           "MOCK_SLURM_LOG": str(work / "sbatch.jsonl"), "MOCK_SLURM_STATE": str(work / "mock_state"),
+           "MOCK_SLURM_ACCOUNTS": "your_account", "MOCK_SLURM_SACCT_WAIT": "120"}  # answers when the job ends
+    env.pop("SLURM_JOB_ID", None)
+    subprocess.run([sys.executable, "-m", "cast.cli", "init", "--config", str(cfgfile), "--flag", str(R / ".mlflow_initialized")],
+                   check=True, env=env, capture_output=True, timeout=120)
+    time.sleep(1.1)  # upstream outputs newer than their inputs: nothing but the sparsify job is due
+    shutil.copytree(data, R / "data")
+    tok = load_tokenizer(str(data / "tokenizer"))
+    save_model(build_llama(cfg["models"]["xs"], len(tok), tok, seed=0), tok, R / "xs" / "teacher" / "model")
+    (R / "xs" / "teacher" / "result.json").write_text("{}")
+    for path in [*(R / "data").rglob("*"), R / "data", *(R / "xs").rglob("*")]:  # copies keep old times
+        os.utime(path)
+    target = R / "xs" / "cast" / "8k" / "result.json"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--workflow-profile", str(PROFILE),
+           "--configfile", str(cfgfile), "--directory", str(work), "--jobs", "1", "--rerun-triggers", "mtime",
+           "--slurm-init-seconds-before-status-checks", "1", str(target)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    finally:
+        _kill_leftovers(work / "mock_state")
+    calls = [json.loads(line) for line in (work / "sbatch.jsonl").read_text().splitlines()] \
+        if (work / "sbatch.jsonl").exists() else []
+    steps = [json.loads(line) for line in (work / "mock_state" / "calls.log").read_text().splitlines()] \
+        if (work / "mock_state" / "calls.log").exists() else []
+    return {"proc": proc, "calls": calls, "srun": [s["argv"] for s in steps if s["cmd"] == "srun"], "target": target}
+
+
+@pytest.mark.slow
+def test_two_node_job_asks_nodes_and_launches_srun_torchrun(two_node_run):
+    proc, calls = two_node_run["proc"], two_node_run["calls"]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert [_rule(c)[0] for c in calls] == ["sparsify"]
+    opts = calls[0]["options"]
+    # nodes, GPUs per node (gres), one task per node; no --gpus total, no --ntasks-per-gpu
+    assert (opts["--nodes"], opts["--gres"], opts["--ntasks"], opts["--cpus-per-task"]) == ("2", "gpu:1", "2", "1")
+    assert "--gpus" not in opts and "--ntasks-per-gpu" not in opts and opts["--partition"] == "gpu"
+    # the rule's shell ran as written (mpi): one srun, the launcher's, and no `srun -n1` around the job
+    (launch,) = two_node_run["srun"]
+    assert launch[:8] == ["--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--gres=gpu:1",
+                          "--kill-on-bad-exit=1", "bash", "-c"]
+    assert launch[8] == ('exec "$CAST_PYTHON" -m torch.distributed.run --nnodes=2 --nproc_per_node=1 --rdzv_backend=c10d '
+                         '--rdzv_id="$SLURM_JOB_ID" --rdzv_endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | '
+                         'head -n1):$((29500 + SLURM_JOB_ID % 1000))" -m cast.cli "$@"')
+    assert launch[9:13] == ["cast", "sparsify", "--config", launch[12]] and "--size" in launch
+    result = json.loads(two_node_run["target"].read_text())
+    assert result["strategy"] == "fsdp2" and result["nm_violations"] == 0 and result["steps"] == 15

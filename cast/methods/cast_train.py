@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from ..config import lambda_for_budget
 from ..distill import distill_loss, teacher_targets
 from ..optim.adams import AdamS, alpha_t
-from ..sparsity import attach_ste_masks, hard_prune_, input_dim_of, weight_of
+from ..sparsity import attach_ste_masks, hard_prune_, input_dim_of, prune_, weight_of
 from ..train import BlockSampler, make_scheduler, steps_for_budget, train
-from ..weight_scaling import attach_scales, fold_
+from ..weight_scaling import attach_scales, fold_, fold_local_, scales_of
 
 
 def param_groups(model, targets, scales, tcfg, mcfg):
@@ -51,7 +52,7 @@ def train_dense_kd(model, targets, cfg, mcfg, **kw):
 
 
 def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, tokens, budget, method, accelerator,
-                 tracker=None, ckpt_dir=None, lr=None, fingerprint="", **_):
+                 tracker=None, ckpt_dir=None, lr=None, fingerprint="", strategy=None, **_):
     """Alg. 2, line by line:
       l.1  teacher <- frozen copy of the dense model         cast.stages.sparsify (passed in as `teacher`)
       l.4  A^k <- ones(R_k, n) for every sparse W^k           weight_scaling.attach_scales
@@ -64,23 +65,39 @@ def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, t
       l.15-17 AdamS on every W^k (a_t = t/T), Adam on the rest AdamS.step (Alg. 1, Eq. 7-8)
       l.20 W^k <- W^k ⊙ M^k_T                                 sparsity.hard_prune_ (pruned entries +0.0)
       l.21 W^k <- W^k ⊙ expand(A^k); drop A^k                  weight_scaling.fold_
-    (l.20-21 run as fold then prune: the same numbers, and no -0.0 from a negative scale.)"""
+    (l.20-21 run as fold then prune: the same numbers, and no -0.0 from a negative scale.)
+    `strategy` (cast.distributed; default: one process / DDP) shards the model and the teacher under
+    fsdp2: AdamS then holds the local shards, and fold and prune run on them before the export.
+    Returns the run's numbers and, as "model", the exported model (None on the other fsdp2 ranks)."""
     tcfg, sp = cfg["train"], cfg["sparsity"]
+    strat = strategy or distributed.strategy("ddp", accelerator)
     steps = steps_for_budget(budget, tcfg["batch_size"], tcfg["seqlen"])  # batch_size is the global batch
     lr = lr or tcfg["lr"]
     scales = attach_scales(targets, mcfg["scaling_blocks"]) if mcfg["scaling"] else {}
-    lam = lambda_for_budget(cfg, method, budget) if targets else 0.0
-    opt = AdamS(param_groups(model, targets, scales, {**tcfg, "lr": lr}, mcfg), lr=lr, betas=tuple(tcfg["betas"]),
-                eps=tcfg["eps"], weight_decay=tcfg["weight_decay"], lam=lam, total_steps=steps, t1=mcfg["t1"],
-                n=sp["n"], m=sp["m"], alpha_indexing=mcfg["alpha_indexing"], decay=decay,
+    lam = lambda_for_budget(cfg, method, budget) if targets else 0.0  # dense_kd: no decay
+    weights, adams = {}, None  # sharded weights (fsdp2), for the masked forward's mask
+    if masked_forward and strat.sharded:  # fsdp2 shards the parametrization's original: attach it first
+        attach_ste_masks(targets, lambda name: None if adams is None else
+                         strat.full_mask(weights[name], adams.state[strat.local(weights[name])]["mask"]))
+    if strat.sharded and teacher is not None:
+        teacher = strat.shard(teacher, frozen=True)
+    model = strat.shard(model)
+    weights.update({name: weight_of(mod) for name, mod in targets.items()})
+    scales = scales_of(targets)  # the same parameters, or their sharded replacements
+    opt = AdamS(strat.localize(param_groups(model, targets, scales, {**tcfg, "lr": lr}, mcfg)), lr=lr,
+                betas=tuple(tcfg["betas"]), eps=tcfg["eps"], weight_decay=tcfg["weight_decay"], lam=lam, total_steps=steps,
+                t1=mcfg["t1"], n=sp["n"], m=sp["m"], alpha_indexing=mcfg["alpha_indexing"], decay=decay,
                 second_moment=mcfg.get("second_moment", "mixed"), impl=tcfg.get("optimizer_impl", "foreach"))
     adams = opt  # the raw optimizer: accelerate wraps `opt`
+    if strat.sharded:
+        adams.sum_across = strat.all_sum
     if masked_forward:  # SR-STE: the forward sees W * M from the start (initial magnitude mask)
         adams.refresh_masks()
-        attach_ste_masks(targets, lambda name: adams.state[weight_of(targets[name])]["mask"])
+        if not strat.sharded:
+            attach_ste_masks(targets, lambda name: adams.state[weight_of(targets[name])]["mask"])
     sched = make_scheduler(opt, tcfg["lr_schedule"], tcfg["warmup_steps"], steps, tcfg["min_lr_ratio"])
     sampler = BlockSampler(tokens, tcfg["seqlen"], tcfg["batch_size"], cfg["seed"], accelerator.process_index, accelerator.num_processes)
-    model, opt = accelerator.prepare(model, opt)
+    model, opt = strat.prepare(model, opt)
     eta, temp = mcfg["eta"], mcfg["temperature"]
 
     def loss_fn(student, ids):
@@ -91,21 +108,32 @@ def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, t
 
     history = []
 
+    def scale_mean() -> float:
+        if not strat.sharded:
+            return float(torch.cat([s.detach().flatten() for s in scales.values()]).mean())
+        total, count = strat.all_sum([sum(float(strat.local(s).sum()) for s in scales.values()),
+                                      sum(strat.local(s).numel() for s in scales.values())])
+        return total / count
+
     def stats(done):
         st = {**adams.mask_stats(), "train/alpha": alpha_t(done, steps, mcfg["alpha_indexing"])}
         if scales:
-            st["scale/mean"] = float(torch.cat([s.detach().flatten() for s in scales.values()]).mean())
+            st["scale/mean"] = scale_mean()
         history.append({"step": done, **st})
         return st
 
     log = (lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None
     last = train(model, opt, sched, sampler, steps, loss_fn, accelerator=accelerator, grad_clip=tcfg["grad_clip"],
                  grad_accum=tcfg["grad_accum"], ckpt_dir=ckpt_dir, ckpt_every=tcfg["checkpoint_every"],
-                 log_every=tcfg["log_every"], on_log=log, stats_fn=stats, desc=f"{method}", fingerprint=fingerprint)
+                 log_every=tcfg["log_every"], on_log=log, stats_fn=stats, desc=f"{method}", fingerprint=fingerprint,
+                 checkpointer=strat.checkpointer)
+    masks = {name: adams.state[strat.local(weight_of(mod))]["mask"] for name, mod in targets.items()}
+    if strat.sharded:  # Alg. 2 l.21 then l.20 on the local shards, then one full copy on rank 0
+        fold_local_(targets, strat.local)
+        for name, mod in targets.items():
+            prune_(strat.local(weight_of(mod)), masks[name])
+        return {"steps": steps, "lambda": lam, "final": last, "history": history, "model": strat.export(model)}
     model = accelerator.unwrap_model(model)
-    if not targets:  # the dense control: nothing to prune
-        return {"steps": steps, "lambda": 0.0, "final": last, "history": history}
-    masks = {name: adams.state[weight_of(mod)]["mask"] for name, mod in targets.items()}
     fold_(targets)  # Alg. 2 l.21, then l.20: exact N:M, same architecture
     hard_prune_(targets, sp["n"], sp["m"], masks)
-    return {"steps": steps, "lambda": lam, "final": last, "history": history}
+    return {"steps": steps, "lambda": lam, "final": last, "history": history, "model": model}

@@ -88,7 +88,8 @@ class AdamS(Optimizer):
     Methods: refresh_masks() recomputes every sparse mask from |w| now and returns the flips;
     masks() lists the masks; mask_stats() gives logging statistics (flips at the last refresh,
     share of masked weights below stat_tol, mean |masked| / mean |kept|). Attributes: impl,
-    last_flips, last_refresh_step.
+    last_flips, last_refresh_step, sum_across (None, or a callable summing a list of numbers over
+    processes: set by cast.distributed when each process holds shards, so mask_stats covers all).
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
@@ -112,6 +113,7 @@ class AdamS(Optimizer):
         self._flat_views = {}  # impl='compiled': flat aliases of each param's tensors (fused._flat_state)
         self.last_flips = 0
         self.last_refresh_step = None
+        self.sum_across = None
 
     def add_param_group(self, param_group):
         sm = param_group.get("second_moment", self.defaults["second_moment"])
@@ -150,9 +152,13 @@ class AdamS(Optimizer):
                 n_small += int((am < g["stat_tol"]).sum())
                 sum_masked += float(am.sum())
                 sum_kept += float(ak.sum())
+        flips = float(self.last_flips)
+        if self.sum_across is not None:
+            n_masked, n_kept, n_small, sum_masked, sum_kept, flips = self.sum_across(
+                [n_masked, n_kept, n_small, sum_masked, sum_kept, flips])
         if n_masked == 0:
             return {}
-        return {"mask/flips": float(self.last_flips),
+        return {"mask/flips": flips,
                 "mask/masked_below_tol": n_small / n_masked,
                 "mask/masked_over_kept": (sum_masked / n_masked) / max(sum_kept / max(n_kept, 1), 1e-30)}
 

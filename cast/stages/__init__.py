@@ -60,6 +60,11 @@ STAGES = {s.name: s for s in (
           "Checks every key against the schema and the cross-field rules, exactly as `snakemake` does "
           "before any job starts, and prints the resolved config.",
           "cast validate --config config/config.yaml", "cast.cli:validate", job=False, result=False),
+    Stage("plan", "per-GPU memory plan of every training job, by component, strategy and GPU count",
+          "Prints, for each training job of the config, the bytes per GPU of weights, gradients, moments, masks, "
+          "teacher, activations (configured micro-batch and sequence length) and temporaries under ddp and fsdp2 "
+          "on 1-16 GPUs, and which fit resources.gpu_mem_gb (`snakemake` refuses a job that does not).",
+          "cast plan --config config/paper/llama2_7b.yaml", "cast.plan:cli", job=False, result=False),
     Stage("init", "create the MLflow store and experiment (once, before parallel jobs)",
           "Creates the tracking store (sqlite by default) and the experiment, so that parallel jobs never "
           "race its creation; an unreachable server only warns.",

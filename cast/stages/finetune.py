@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
 from .. import downstream as DS
 from ..config import results_dir
 from ..distill import distill_loss, teacher_targets
-from ..errors import ConfigError
-from ..frozen_mask import freeze_zeros
+from ..errors import ConfigError, SparsityError
+from ..frozen_mask import freeze_zeros, freeze_zeros_sharded
 from ..io import atomic_dir
 from ..jobs import fingerprint
 from ..layout import Layout, parse_tokens
@@ -79,33 +80,46 @@ def downstream_ppl(cfg: dict, model, dataset: str, ddir: str | Path) -> dict:
 
 
 def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, dataset: str, out_dir: str | Path,
-        teacher_dir: str | Path | None = None, tracker=None, ddir: str | Path | None = None) -> dict:
+        teacher_dir: str | Path | None = None, tracker=None, ddir: str | Path | None = None, size: str | None = None) -> dict:
     dataset_config(cfg, dataset)
-    ft, sp = cfg["finetune"], cfg["sparsity"]
+    ft, sp, tr = cfg["finetune"], cfg["sparsity"], cfg["train"]
     out_dir = Path(out_dir)
     ddir = Path(ddir) if ddir else downstream_dir(cfg, dataset, data_dir)
     t0 = time.time()
-    acc = setup(cfg, cfg["train"]["precision"])
+    name = distributed.resolve(cfg, "train", f"finetune {size}")
+    acc = setup(cfg, distributed.autocast_precision(tr["precision"], name))
+    strat = distributed.strategy(name, acc, tr["precision"], tr["activation_checkpointing"])
     tok = tokenizer_of(data_dir, cfg)
-    model = load_dense(model_dir, cfg)
+    model = strat.load_model(model_dir, cfg)  # fsdp2: rank 0 reads it, the others build it on the meta device
     targets = find_targets(model, sp["targets"], sp["exclude"])
-    sparse, _ = nm_status(targets, sp["n"], sp["m"])
+    sparse, _ = nm_status(targets, sp["n"], sp["m"]) if acc.is_main_process or not strat.sharded else (False, 0)
+    sparse = bool(strat.all_sum([float(sparse)])[0]) if strat.sharded else sparse  # rank 0's verdict
     ppl_before = downstream_ppl(cfg, model, dataset, ddir) if acc.is_main_process else {}
     model.train()
+    model = strat.shard(model)
     steps = steps_for_budget(parse_tokens(ft["tokens"]), ft["batch_size"], ft["seqlen"])
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": ft["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=ft["lr"], betas=tuple(cfg["train"]["betas"]), eps=cfg["train"]["eps"])
     sched = make_scheduler(opt, "cosine", ft["warmup_steps"], steps, ft["min_lr_ratio"])
-    model, wrapped = acc.prepare(model, opt)
-    masks = freeze_zeros(targets, opt)[0] if sparse else {}  # after prepare: masks on the training device
+    model, wrapped = strat.prepare(model, opt)
+    mask_grads = None
+    if strat.sharded:  # fsdp2: local masks, gradients masked before clipping
+        masks, mask_grads, count_revived = freeze_zeros_sharded(targets, opt, strat.local, strat.all_sum) if sparse \
+            else ({}, None, lambda: 0)
+    else:
+        masks = freeze_zeros(targets, opt)[0] if sparse else {}  # after prepare: masks on the training device
+        count_revived = lambda: revived(targets, masks)  # noqa: E731
     teacher = None
     if ft["eta"] > 0:
         if teacher_dir is None:
             raise ConfigError("config key 'finetune.eta': distillation needs a teacher model (--teacher)")
         tdtype = getattr(torch, cfg["train"]["teacher_dtype"])
-        teacher = load_dense(teacher_dir, cfg, dtype=tdtype).to(acc.device).eval().requires_grad_(False)
+        if strat.sharded:
+            teacher = strat.shard(strat.load_model(teacher_dir, cfg, tdtype).eval().requires_grad_(False), frozen=True)
+        else:
+            teacher = load_dense(teacher_dir, cfg, dtype=tdtype).to(acc.device).eval().requires_grad_(False)
     sampler = BlockSampler(load_split(ddir, "train"), ft["seqlen"], ft["batch_size"], cfg["seed"],
                            acc.process_index, acc.num_processes)
 
@@ -118,7 +132,7 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, dataset: str, ou
     history = []
 
     def stats(done):  # the frozen mask, checked at every logged step
-        st = {"finetune/revived": revived(targets, masks) if sparse else 0}
+        st = {"finetune/revived": count_revived() if sparse else 0}
         history.append({"step": done, **st})
         return st
 
@@ -127,12 +141,23 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, dataset: str, ou
     job = fingerprint(cfg, "finetune", dataset=dataset, model=str(Path(model_dir).resolve()))
     last = train(model, wrapped, sched, sampler, steps, loss_fn, accelerator=acc, grad_clip=ft["grad_clip"],
                  ckpt_dir=ckpt, ckpt_every=ft["checkpoint_every"], log_every=cfg["train"]["log_every"],
-                 on_log=log, stats_fn=stats, desc=f"finetune {dataset}", fingerprint=job)
+                 on_log=log, stats_fn=stats, desc=f"finetune {dataset}", fingerprint=job,
+                 checkpointer=strat.checkpointer, after_backward=mask_grads)
+    if strat.sharded:
+        lost = count_revived() if sparse else 0
+        if lost:
+            raise SparsityError(f"fine-tuning made pruned weights non-zero: {lost} revived entries")
+        model = strat.export(model)  # the main process only
+        if model is None:
+            acc.wait_for_everyone()
+            return {"dataset": dataset, "sparse": sparse, "steps": steps, "strategy": strat.name}
+        targets = find_targets(model, sp["targets"], sp["exclude"])
     model = acc.unwrap_model(model).to("cpu").eval()
     if sparse:
-        assert_zeros_kept(targets, masks, "fine-tuning")
+        if not strat.sharded:
+            assert_zeros_kept(targets, masks, "fine-tuning")
         assert_exact_nm(targets, sp["n"], sp["m"], "the fine-tuned model")
-    result = {"dataset": dataset, "sparse": sparse, "steps": steps, "tokens": steps * ft["batch_size"] * ft["seqlen"],
+    result = {"dataset": dataset, "sparse": sparse, "steps": steps, "strategy": strat.name, "tokens": steps * ft["batch_size"] * ft["seqlen"],
               "distilled": teacher is not None, "final_train_ce": last.get("train/ce"), "nm_violations": 0 if sparse else None,
               "revived_max": max((h["finetune/revived"] for h in history), default=0), "history": history}
     if acc.is_main_process:
@@ -151,4 +176,4 @@ def downstream_cli(cfg: dict, args, tracker=None) -> dict:
 
 def cli(cfg: dict, args, tracker=None) -> dict:
     return run(cfg, args.model, args.data, args.dataset, args.out, teacher_dir=args.teacher, tracker=tracker,
-               ddir=args.downstream)
+               ddir=args.downstream, size=args.size)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .. import methods
+from .. import distributed, methods
 from ..config import method_config
 from ..io import write_json
 from ..jobs import fingerprint
@@ -29,19 +29,29 @@ def run(cfg: dict, size: str, method: str, budget, teacher_dir: str | Path, data
     tokens_budget = parse_tokens(budget) if entry.kind == "train" else 0
     seed = cfg["seed"] + int(replicate)  # replicate k: data order and scale init of seed + k
     t0 = time.time()
-    acc = setup({**cfg, "seed": seed}, cfg["train"]["precision"] if entry.kind == "train" else "no")
+    tr = cfg["train"]
+    strategy = distributed.resolve(cfg, "train", f"sparsify {size}/{method}") if entry.kind == "train" else "ddp"
+    acc = setup({**cfg, "seed": seed}, distributed.autocast_precision(tr["precision"], strategy) if entry.kind == "train" else "no")
     tok = tokenizer_of(data_dir, cfg)
-    model = load_dense(teacher_dir, cfg)
+    strat = distributed.strategy(strategy, acc, tr["precision"], tr["activation_checkpointing"]) if entry.kind == "train" else None
+    model = strat.load_model(teacher_dir, cfg) if strat else load_dense(teacher_dir, cfg)  # fsdp2: rank 0 reads it
     targets = find_targets(model, sp["targets"], sp["exclude"], sp["m"])
     kw = dict(tokens=train_tokens(data_dir))
     if entry.kind == "train":
         tdtype = getattr(torch, cfg["train"]["teacher_dtype"])
-        teacher = copy.deepcopy(model).to(dtype=tdtype, device=acc.device).eval().requires_grad_(False)
+        teacher = copy.deepcopy(model).to(dtype=tdtype, device=None if strat.sharded else acc.device)  # fsdp2 moves it
+        teacher = teacher.eval().requires_grad_(False)
         kw.update(teacher=teacher, budget=tokens_budget, ckpt_dir=out_dir / ".ckpt", lr=cfg["models"][size].get("lr"),
                   fingerprint=fingerprint(cfg, "sparsify", size=size, method=method, budget=budget_label(budget),
-                                          replicate=int(replicate)))
+                                          replicate=int(replicate)), strategy=strat)
     info = entry.load()(model, targets, {**cfg, "seed": seed}, mcfg, method=method, accelerator=acc, tracker=tracker, **kw)
-    model = info.pop("model", model).to("cpu")  # `smaller`: a new, smaller model
+    exported = info.pop("model", model)  # `smaller`: a new, smaller model; fsdp2: gathered on the main process
+    if exported is None:  # fsdp2: the full model exists on the main process only
+        acc.wait_for_everyone()
+        return {"algorithm": mcfg["algorithm"], "kind": entry.kind, "strategy": strategy}
+    if exported is not model and entry.export == "nm":
+        targets = find_targets(exported, sp["targets"], sp["exclude"], sp["m"])
+    model = exported.to("cpu")
     if entry.export == "nm":
         assert_exact_nm(targets, sp["n"], sp["m"], f"the {method} export")
     violations = check_model(model, targets, sp["n"], sp["m"]) if entry.export == "nm" else {}
@@ -60,7 +70,7 @@ def run(cfg: dict, size: str, method: str, budget, teacher_dir: str | Path, data
     # tokens actually trained: whole global batches (the budget label stays in the path)
     trained = info.get("steps", 0) * cfg["train"]["batch_size"] * cfg["train"]["seqlen"] if entry.kind == "train" else 0
     return {"algorithm": mcfg["algorithm"], "kind": entry.kind, "export": entry.export, "tokens": trained,
-            "budget_tokens": tokens_budget, "seed": seed, "wall_s": time.time() - t0,
+            "budget_tokens": tokens_budget, "seed": seed, "strategy": strategy, "wall_s": time.time() - t0,
             "nm_violations": 0 if entry.export == "nm" else None, "target_sparsity": zeros / total,
             "targets": len(targets), "params": sum(p.numel() for p in model.parameters()), **info}
 

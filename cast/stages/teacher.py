@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..distill import causal_ce
 from ..errors import ConfigError
 from ..jobs import fingerprint
@@ -28,8 +29,10 @@ def run(cfg: dict, size: str, data_dir: str | Path, out_dir: str | Path, tracker
         return {"pretrained": spec["pretrained"], "non_embedding_params": non_embedding_params(model),
                 "params": sum(p.numel() for p in model.parameters()), "wall_s": time.time() - t0}
 
-    acc = setup(cfg)
-    model = build_llama(spec, len(tok), tok, seed=cfg["seed"])
+    strat = distributed.strategy(distributed.resolve(cfg, "teacher", f"teacher {size}"), setup(cfg),
+                                 activation_checkpointing=tcfg["activation_checkpointing"])
+    acc = strat.acc
+    model = strat.shard(build_llama(spec, len(tok), tok, seed=cfg["seed"]))
     tokens = parse_tokens(spec.get("tokens", tcfg["tokens"]))
     steps = steps_for_budget(tokens, tcfg["batch_size"], tcfg["seqlen"])
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -41,7 +44,7 @@ def run(cfg: dict, size: str, data_dir: str | Path, out_dir: str | Path, tracker
         sched, should_stop = _plateau(cfg, opt, steps, data_dir, model, acc, tracker)
     else:
         sched, should_stop = make_scheduler(opt, tcfg["lr_schedule"], tcfg["warmup_steps"], steps, tcfg["min_lr_ratio"]), None
-    model, opt = acc.prepare(model, opt)
+    model, opt = strat.prepare(model, opt)
     sampler = BlockSampler(train_tokens(data_dir), tcfg["seqlen"], tcfg["batch_size"], cfg["seed"],
                            acc.process_index, acc.num_processes)
 
@@ -53,14 +56,17 @@ def run(cfg: dict, size: str, data_dir: str | Path, out_dir: str | Path, tracker
     ckpt = out_dir.parent / ".ckpt"  # Layout.checkpoint of the teacher folder
     last = train(model, opt, sched, sampler, steps, loss_fn, accelerator=acc, grad_clip=tcfg["grad_clip"],
                  ckpt_dir=ckpt, ckpt_every=tcfg["checkpoint_every"], on_log=log, desc=f"teacher {size}",
-                 fingerprint=fingerprint(cfg, "teacher", size=size), should_stop=should_stop)
+                 fingerprint=fingerprint(cfg, "teacher", size=size), checkpointer=strat.checkpointer,
+                 should_stop=should_stop)
     done = sched.last_epoch  # optimizer steps taken (the plateau schedule may end early)
-    model = acc.unwrap_model(model)
+    model = strat.export(model)  # fsdp2: gathered on the main process only (None elsewhere)
     if acc.is_main_process:
         save_model(model, tok, out_dir)
         shutil.rmtree(ckpt, ignore_errors=True)
     acc.wait_for_everyone()
-    out = {"non_embedding_params": non_embedding_params(model), "params": sum(p.numel() for p in model.parameters()),
+    main = model is not None
+    out = {"non_embedding_params": non_embedding_params(model) if main else None,
+           "params": sum(p.numel() for p in model.parameters()) if main else None, "strategy": strat.name,
            "tokens": done * tcfg["batch_size"] * tcfg["seqlen"], "steps": done,
            "final_train_ce": last.get("train/ce"), "wall_s": time.time() - t0}
     if should_stop is not None:  # the validation curve and why training ended

@@ -4,7 +4,9 @@ for snakemake-executor-plugin-slurm (2.x) and its jobstep plugin.
 sbatch records the call, starts the job in the background (its own session, like a compute node) and
 prints the job id; the job's final state (COMPLETED/FAILED) lands in a state folder that sacct/squeue
 read. (A blocking sbatch would serialise the workflow: Snakemake waits for each submission to return.)
-srun drops its own options and execs the rest. Environment:
+srun drops its own options and execs the rest; with --ntasks N > 1 it starts N copies, one per "node"
+(SLURM_PROCID / SLURM_NODEID / SLURM_JOB_NODELIST set as a real step's tasks see them) and waits
+for all. `scontrol show hostnames LIST` expands a node list. Environment:
   MOCK_SLURM_LOG         JSON lines, one per sbatch call: argv, parsed options, job id, script text
   MOCK_SLURM_STATE       state folder (default: <dir of MOCK_SLURM_LOG>/mock_slurm_state, else /tmp/...)
   MOCK_SLURM_ACCOUNTS    comma-separated accounts sacctmgr/sshare report (default: none, no validation)
@@ -12,6 +14,8 @@ srun drops its own options and execs the rest. Environment:
   MOCK_SLURM_SACCT_WAIT  seconds a status query by --name may wait for the next job to finish (default 0)
   MOCK_SLURM_FAIL_FIRST  a --comment prefix (e.g. rule_tasks): the first matching job is recorded FAILED
                          without running (exercises retries)
+  MOCK_SLURM_NODES       comma-separated host names of a multi-task step's nodes (default: localhost,
+                         127.0.0.2, 127.0.0.3, ...: all this machine, so a rendezvous on the first works)
 """
 from __future__ import annotations
 
@@ -324,6 +328,12 @@ def scontrol(argv: list[str]) -> int:
     _note("scontrol", argv)
     if argv[:2] == ["show", "config"]:
         print("Configuration data as of mock\nMaxArraySize            = 1001\nMinJobAge               = 300 sec")
+    elif argv[:2] == ["show", "hostnames"]:
+        names = expand_nodelist(argv[2] if len(argv) > 2 else os.environ.get("SLURM_JOB_NODELIST", ""))
+        try:
+            print("\n".join(names), flush=True)
+        except BrokenPipeError:  # `| head -n1`: the reader left early, as with the real scontrol
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     elif argv[:2] == ["show", "partition"]:
         for p in _partitions():
             name = p.rstrip("*")
@@ -369,13 +379,53 @@ def kill_job(job: dict) -> None:
             pass
 
 
+def expand_nodelist(spec: str) -> list[str]:
+    """'a,b[1-3,5]' -> ['a', 'b1', 'b2', 'b3', 'b5'] (SLURM's node-list syntax, one bracket per name)."""
+    names, depth, part = [], 0, ""
+    for ch in spec + ",":
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            if "[" in part:
+                prefix, _, body = part.partition("[")
+                for item in body.rstrip("]").split(","):
+                    lo, _, hi = item.partition("-")
+                    names += [f"{prefix}{i:0{len(lo)}d}" for i in range(int(lo), int(hi or lo) + 1)]
+            elif part:
+                names.append(part)
+            part = ""
+        else:
+            part += ch
+    return names
+
+
+def _step_nodes(n: int) -> list[str]:
+    given = [h for h in os.environ.get("MOCK_SLURM_NODES", "").split(",") if h]
+    return (given or ["localhost"] + [f"127.0.0.{i + 1}" for i in range(1, n)])[:n]
+
+
 def srun(argv: list[str]) -> int:
-    """Drop srun's own options and run the rest in this process (exec)."""
+    """Drop srun's own options and run the rest: in this process (exec) for one task, else one
+    process per task, each with its task's SLURM_* variables; the largest exit code wins."""
     _note("srun", argv)
-    _, rest = parse_options(argv)
+    opts, rest = parse_options(argv)
     if not rest:
         sys.exit("mock srun: no command given")
-    os.execvp(rest[0], rest)
+    tasks = int(opts.get("--ntasks", 1))
+    if tasks <= 1:
+        os.execvp(rest[0], rest)
+    nodes = _step_nodes(int(opts.get("--nodes", tasks)))
+    env = {**os.environ, "SLURM_JOB_NODELIST": ",".join(nodes), "SLURM_NNODES": str(len(nodes)),
+           "SLURM_NTASKS": str(tasks), "SLURM_STEP_NUM_TASKS": str(tasks)}
+    procs = [subprocess.Popen(rest, env={**env, "SLURM_PROCID": str(i), "SLURM_NODEID": str(i % len(nodes)),
+                                         "SLURM_LOCALID": "0", "SLURMD_NODENAME": nodes[i % len(nodes)]})
+             for i in range(tasks)]
+    codes = []
+    for proc in procs:
+        codes.append(proc.wait())
+        if codes[-1] and "--kill-on-bad-exit" in opts:
+            for other in procs:
+                other.terminate()
+    return max(codes)
 
 
 def main(cmd: str) -> None:

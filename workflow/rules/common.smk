@@ -37,8 +37,18 @@ CORPORA = {**DOMAINS, **FT["datasets"]}  # extra corpora (fine-tuning data, held
 os.environ["CAST_PYTHON"] = sys.executable
 
 
-def launcher(processes):
-    """`cast` under torchrun when a job asks for several processes (DDP; gloo on CPU, nccl on GPU)."""
+def launcher(processes, nodes=1):
+    """`cast` under torchrun when a job asks for several processes (DDP or FSDP2; gloo on CPU, nccl on
+    GPU). Over several nodes one srun task per node starts torchrun, which meet (c10d rendezvous) on
+    the first node of the allocation, read inside the task (the job step's environment has no node list)."""
+    if nodes > 1:
+        cpus = CFG["threads"] * int(processes)
+        gres = f" --gres=gpu:{int(processes)}" if CFG["device"] != "cpu" else ""
+        head = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):$((29500 + SLURM_JOB_ID % 1000))'
+        torchrun = (f'exec "$CAST_PYTHON" -m torch.distributed.run --nnodes={int(nodes)} --nproc_per_node={int(processes)} '
+                    f'--rdzv_backend=c10d --rdzv_id="$SLURM_JOB_ID" --rdzv_endpoint="{head}" -m cast.cli "$@"')
+        return (f"srun --nodes={int(nodes)} --ntasks={int(nodes)} --ntasks-per-node=1 --cpus-per-task={cpus}{gres} "
+                f"--kill-on-bad-exit=1 bash -c '{torchrun}' cast")
     if processes > 1:
         return f'"$CAST_PYTHON" -m torch.distributed.run --standalone --nproc_per_node {int(processes)} -m cast.cli'
     return '"$CAST_PYTHON" -m cast.cli'
@@ -139,6 +149,25 @@ def gpus(size, training=False, processes=1):
     if CFG["device"] == "cpu":
         return 0
     return int(processes) if training else int("pretrained" in CFG["models"][size])
+
+
+def job_resources(section, size, trains=lambda w: True, other=None):
+    """`resources:` of a rule whose jobs may train (teacher, sparsify, finetune) with {section}.processes
+    per node: on one node GPUs as `gpus` says (the plugin's --gpus); with {section}.nodes > 1 a training
+    job asks the nodes, the GPUs per node (gres), one task per node and no --ntasks-per-gpu, and `mpi`
+    makes the job step run its shell as written (launcher's srun) instead of inside `srun -n1`. A job
+    that does not train asks other(w) GPUs (default: `gpus` of an inference job)."""
+    procs, nodes = CFG[section]["processes"], CFG[section]["nodes"]
+    other = other or (lambda w: gpus(size(w)))
+    if nodes == 1:
+        return {"gpu": lambda w: gpus(size(w), True, procs) if trains(w) else other(w)}
+    per_node = lambda w: gpus(size(w), True, procs) if trains(w) else 0
+    return {"gpu": lambda w: 0 if trains(w) else other(w),
+            "nodes": lambda w: nodes if trains(w) else 1,
+            "gres": lambda w: f"gpu:{per_node(w)}" if per_node(w) else "",
+            "tasks": lambda w: nodes if trains(w) else 1,
+            "tasks_per_gpu": 0,
+            "mpi": lambda w: "srun" if trains(w) else ""}
 
 
 def variant_methods(section):

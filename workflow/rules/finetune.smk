@@ -37,7 +37,7 @@ rule finetune:
         base=BASE_RE,
         dataset="|".join(FT["datasets"]),
     params:
-        cast=launcher(CFG["train"]["processes"]),
+        cast=launcher(CFG["train"]["processes"], CFG["train"]["nodes"]),
         out=lambda w: L.folder(FINETUNE_PATTERN.format(**w)),
         teacher=lambda w, input: f"--teacher {input.teacher}" if input.teacher else "",
         tags=lambda w: tag_args(w.base),
@@ -48,7 +48,7 @@ rule finetune:
         L.benchmarks / "finetune/{base}/{dataset}.tsv"
     threads: CFG["threads"] * CFG["train"]["processes"]
     resources:
-        gpu=lambda w: gpus(Prefix.parse(w.base).size, True, CFG["train"]["processes"]),
+        **job_resources("train", lambda w: Prefix.parse(w.base).size),
     conda:
         "../../envs/cast.yaml"
     shell:

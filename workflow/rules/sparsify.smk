@@ -8,7 +8,7 @@ rule sparsify:
         stats=L.mask_stats(SPARSE_PATTERN),
         result=L.result(SPARSE_PATTERN),
     params:
-        cast=lambda w: launcher(CFG["train"]["processes"] if method_kind(w.method) == "train" else 1),
+        cast=lambda w: launcher(CFG["train"]["processes"], CFG["train"]["nodes"]) if method_kind(w.method) == "train" else launcher(1),
         out=lambda w: L.folder(SPARSE_PATTERN.format(**w)),
         job=lambda w: "--size {size} --method {method} --budget {budget} --replicate {replicate}".format(**run_wildcards(w)),
         fingerprint=lambda w: fingerprint(CFG, "sparsify", **run_wildcards(w)),
@@ -18,7 +18,7 @@ rule sparsify:
         L.benchmarks / "sparsify/{size}_{method}_{run}.tsv"
     threads: lambda w: CFG["threads"] * (CFG["train"]["processes"] if method_kind(w.method) == "train" else 1)
     resources:
-        gpu=lambda w: gpus(w.size, method_kind(w.method) == "train", CFG["train"]["processes"]),
+        **job_resources("train", lambda w: w.size, lambda w: method_kind(w.method) == "train"),
     conda:
         "../../envs/cast.yaml"
     shell:

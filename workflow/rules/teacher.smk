@@ -6,7 +6,7 @@ rule teacher:
         model=directory(L.model(TEACHER_PATTERN)),
         result=L.result(TEACHER_PATTERN),
     params:
-        cast=launcher(CFG["teacher"]["processes"]),
+        cast=launcher(CFG["teacher"]["processes"], CFG["teacher"]["nodes"]),
         fingerprint=lambda w: fingerprint(CFG, "teacher", size=w.size),
     log:
         L.logs / "teacher/{size}.log",
@@ -14,7 +14,7 @@ rule teacher:
         L.benchmarks / "teacher/{size}.tsv"
     threads: CFG["threads"] * CFG["teacher"]["processes"]
     resources:
-        gpu=lambda w: 0 if "pretrained" in CFG["models"][w.size] else gpus(w.size, True, CFG["teacher"]["processes"]),
+        **job_resources("teacher", lambda w: w.size, lambda w: "pretrained" not in CFG["models"][w.size], lambda w: 0),
     conda:
         "../../envs/cast.yaml"
     shell:
