@@ -110,6 +110,17 @@ def split_documents(docs: list[dict], val_fraction: float, test_fraction: float,
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
 
 
+def schema_defaults(*path: str) -> dict:
+    """The schema's defaults of one config object (e.g. data.txt), for callers that built a section by hand."""
+    from .config import fill_defaults, load_schema
+
+    schema = load_schema()
+    node = schema
+    for key in path:
+        node = node["properties"][key]
+    return fill_defaults({}, node, schema)
+
+
 def text_documents(text: str, rule: dict) -> list[str]:
     """The documents of one plain-text file (config `txt`): `file` = the whole file; `paragraphs` =
     blank-line-separated paragraphs, consecutive ones grouped until a document has at least
@@ -184,7 +195,7 @@ def load_corpus(dcfg: dict) -> dict[str, list[dict]]:
             rows = {c: (ds[c] if c == col else None) for c in ds.column_names}
         else:
             where = f"data.files {dcfg['files']}"
-            rows = load_local_rows(dcfg["files"], dcfg["txt"], col, where)
+            rows = load_local_rows(dcfg["files"], dcfg.get("txt") or schema_defaults("data", "txt"), col, where)
         if col not in rows:
             raise InputError(f"{where}: no text column {col!r} (data.text_column); columns: {list(rows)}")
         docs = [{"title": f"doc-{i}", "text": t} for i, t in enumerate(rows[col]) if t and len(t) >= dcfg["min_chars"]]

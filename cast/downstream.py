@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from .data import bible_chapters, encode_joined, encode_stream, load_local_rows, news_articles
+from .data import bible_chapters, encode_joined, encode_stream, load_local_rows, news_articles, schema_defaults
 from .io import InputError
 
 
@@ -37,7 +37,7 @@ def load_texts(d: dict, name: str) -> list[str]:
                 raise InputError(f"cannot load {where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         else:
             where = f"finetune.datasets.{name}: files {d['files']}"
-            rows = load_local_rows(d["files"], d["txt"], d["text_column"], where)
+            rows = load_local_rows(d["files"], d.get("txt") or schema_defaults("data", "txt"), d["text_column"], where)
         texts = _rows_to_texts(rows, d, where)
     # exact duplicates dropped (the Lee corpus repeats 7 articles): a copy must not sit in both splits
     texts = list(dict.fromkeys(t.strip() for t in texts if len(t.strip()) >= d["min_chars"]))

@@ -166,14 +166,14 @@ def test_cli_downstream_and_finetune(ft_setup, tmp_path):
     if "zeroshot" in cfg:  # perplexity only: zero-shot has its own tests
         cfg["zeroshot"] = {**cfg["zeroshot"], "enabled": False}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    ddir = tmp_path / "res" / "downstream" / "news"
+    ddir = tmp_path / "res" / "downstream" / "news" / data.name  # cast.layout: one folder per tokenizer
     common = ["--config", str(tmp_path / "cfg.yaml")]
     assert main(["downstream", *common, "--dataset", "news", "--data", str(data), "--out", str(ddir),
                  "--result", str(ddir / "result.json")]) == 0
     out = tmp_path / "res" / "xs" / "magnitude" / "0" / "finetune" / "news"
     assert main(["finetune", *common, "--model", str(sparse), "--data", str(data), "--dataset", "news",
                  "--out", str(out), "--size", "xs", "--method", "magnitude", "--budget", "0",
-                 "--result", str(out / "result.json")]) == 0  # --downstream defaults to results_dir/downstream/news
+                 "--result", str(out / "result.json")]) == 0  # --downstream defaults to results_dir/downstream/news/<tokenizer>
     res = json.loads((out / "result.json").read_text())
     assert res["run_id"] and res["tags"] == {"size": "xs", "method": "magnitude", "budget": "0", "finetune": "news"}
     assert res["sparse"] and res["nm_violations"] == 0 and (out / "model" / "config.json").exists()

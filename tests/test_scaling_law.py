@@ -204,8 +204,8 @@ def test_fit_stage_and_report(store, tmp_path):
     pd.DataFrame({"size": ["xs"], "method": ["cast"], "budget": ["64k"], "ppl/x/s64": [52.0],
                   "zs/cast_mc/acc": [0.31]}).to_csv(R / "tables" / "ppl.csv", index=False)
     pd.DataFrame({"size": ["xs"], "scheme": ["int8"], "ppl": [53.0]}).to_csv(R / "tables" / "quant.csv", index=False)
-    (R / "data").mkdir(parents=True)
-    (R / "data" / "ATTRIBUTION.md").write_text("Wikipedia text, CC BY-SA 3.0.\n")
+    (R / "data" / "bpe").mkdir(parents=True)  # the data folder of the micro config's one tokenizer
+    (R / "data" / "bpe" / "ATTRIBUTION.md").write_text("Wikipedia text, CC BY-SA 3.0.\n")
     out = report.run(store, R / "report")
     page = (R / "report" / "index.html").read_text()
     md = (R / "report" / "report.md").read_text()
