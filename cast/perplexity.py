@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+import time
 
 import numpy as np
 import torch
@@ -27,3 +29,18 @@ def perplexity(model, tokens: np.ndarray, seqlen: int, batch_size: int = 8, devi
         count += ids[:, 1:].numel()
     mean = nll_sum / count
     return {"ppl": math.exp(mean), "nll": mean, "windows": int(len(windows)), "tokens": int(count)}
+
+
+@torch.no_grad()
+def forward_ms(model, ids: torch.Tensor, runs: int = 5) -> float:
+    """Median wall time (ms) of `runs` forwards after one warm-up, eval mode, no KV cache."""
+    was = model.training
+    model.eval()
+    model(ids, use_cache=False)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model(ids, use_cache=False)
+        times.append((time.perf_counter() - t0) * 1e3)
+    model.train(was)
+    return statistics.median(times)

@@ -62,14 +62,13 @@ Decisions (ours, where the abstract is silent):
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..perplexity import forward_ms
 from ..sparsity import input_dim_of
 from ..train import BlockSampler, make_scheduler, steps_for_budget, train
 from . import get
@@ -331,20 +330,6 @@ def proj_params(arch: Arch, groups: int, channels: int) -> int:
 
 
 @torch.no_grad()
-def forward_ms(model: nn.Module, ids: torch.Tensor, runs: int) -> float:
-    """Median wall time (ms) of `runs` forwards after one warm-up, eval mode, no KV cache."""
-    was = model.training
-    model.eval()
-    model(ids, use_cache=False)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        model(ids, use_cache=False)
-        times.append((time.perf_counter() - t0) * 1e3)
-    model.train(was)
-    return statistics.median(times)
-
-
 def train_structured(model, targets, cfg, mcfg, *, teacher, tokens, budget, method, accelerator, tracker=None,
                      ckpt_dir=None, lr=None, fingerprint="", **_):
     """Train ddp_struct gates within the token budget; returns stats and {"model": smaller model}
