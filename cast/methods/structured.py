@@ -329,7 +329,6 @@ def proj_params(arch: Arch, groups: int, channels: int) -> int:
     return len(arch.layers) * (groups * arch.group_cost + channels * arch.channel_cost)
 
 
-@torch.no_grad()
 def train_structured(model, targets, cfg, mcfg, *, teacher, tokens, budget, method, accelerator, tracker=None,
                      ckpt_dir=None, lr=None, fingerprint="", **_):
     """Train ddp_struct gates within the token budget; returns stats and {"model": smaller model}
