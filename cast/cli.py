@@ -15,9 +15,11 @@ import sys
 from importlib import import_module
 from pathlib import Path
 
-from . import __version__
+from . import __version__, quiet
 from .errors import CastError
 from .stages import STAGES, job_name
+
+quiet.install()  # before torch/torchao load: their known, harmless import messages stay out of job logs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +69,33 @@ def _tags(stage, args) -> dict:
         value = getattr(args, arg or tag, None)
         if value not in (None, "") and not (tag == "replicate" and str(value) == "0"):
             out[tag] = str(value)
+    if "budget" in out:  # one label per value, as in the folder name (1e6 -> 1M)
+        from .layout import budget_label
+
+        out["budget"] = budget_label(out["budget"])
     return out
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+
+
+def headline(stage, result: dict) -> str:
+    """The figures of a job's last log line: stage.headline's result keys ("key:prefix" picks the
+    items of a dict whose name starts with prefix)."""
+    parts = []
+    for spec in stage.headline:
+        key, _, prefix = spec.partition(":")
+        value = result.get(key)
+        if isinstance(value, dict):
+            parts += [f"{k} {_fmt(v)}" for k, v in value.items() if str(k).startswith(prefix)]
+        elif isinstance(value, list):
+            parts.append(f"{key} {', '.join(map(str, value))}")
+        elif value is not None:
+            parts.append(f"{key} {_fmt(value)}")
+    return "; ".join(parts)
 
 
 def _metrics(stage, result: dict) -> dict:
@@ -100,6 +128,10 @@ def dispatch(args) -> int:
                                                              ("model_dir", getattr(args, "model", None))) if v})
     if tracking.is_main_process():
         write_json(args.result, {"stage": job_name(stage.name), "tags": tags, "run_id": tr.run_id, **result})
+        out = getattr(args, "out", None) or getattr(args, "out_dir", None)
+        tracking.attach(cfg, tr.run_id, [args.result, *(Path(out) / a for a in stage.artifacts if out)])
+        run = f" (MLflow run {tr.run_id})" if tr.run_id else ""
+        print(f"cast {stage.name}: wrote {out or args.result}{run}; {headline(stage, result)}", flush=True)
     return 0
 
 

@@ -302,8 +302,9 @@ def _lm_eval_version() -> str:
 
 def metric_key(task: str, key: str) -> str | None:
     """lm-eval result key 'acc,none' of task t -> MLflow name 'zs/t/acc' (other filters keep a
-    suffix: 'acc,strict' -> 'zs/t/acc_strict'); stderr and bookkeeping keys -> None."""
-    if "," not in key or "_stderr" in key:
+    suffix: 'acc,strict' -> 'zs/t/acc_strict'); its standard error 'acc_stderr,none' ->
+    'zs/t/acc_stderr' (the tables print acc ± stderr); bookkeeping keys (no filter) -> None."""
+    if "," not in key:
         return None
     metric, filt = key.split(",", 1)
     return sanitize(f"zs/{task}/{metric}" if filt == "none" else f"zs/{task}/{metric}_{filt}")

@@ -121,7 +121,7 @@ def group_cli(cfg: dict, args, _tracker=None) -> int:
     from ..config import results_dir
     from ..jobs import job_config
     from ..layout import Layout, Prefix
-    from ..tracking import is_main_process, start_run
+    from ..tracking import attach, is_main_process, start_run
 
     L = Layout(results_dir(cfg))
     for p in map(Prefix.parse, args.prefixes):
@@ -133,5 +133,6 @@ def group_cli(cfg: dict, args, _tracker=None) -> int:
             tr.set_tags({"model_dir": str(L.model(p).resolve())})
         if is_main_process():
             write_json(L.eval(p), {"stage": "evaluate", "tags": tags, "run_id": tr.run_id, **res})
+            attach(cfg, tr.run_id, [L.eval(p)])
         print(f"evaluated {p}: " + ", ".join(f"{k} {v:.4g}" for k, v in res["metrics"].items() if k.startswith("ppl/")))
     return 0
