@@ -137,14 +137,18 @@ def dispatch(args) -> int:
 
 def _wildcards(stage, args) -> dict:
     """The job's wildcards for cast.jobs, from the subcommand's arguments and tags."""
-    from .layout import Prefix
+    from .layout import Prefix, budget_label
 
     if stage.name == "evaluate":  # the model folder's place in the grid, from its tags
         size, method = args.size or "model", args.method or "dense"
-        base = Prefix(size) if method == "dense" else Prefix(size, method, args.budget or "0", int(args.replicate or 0))
+        base = Prefix(size) if method == "dense" else Prefix(size, method, budget_label(args.budget or "0"),
+                                                               int(args.replicate or 0))
         return {"prefix": str(Prefix(base.size, base.method, base.budget, base.replicate, args.finetune, args.quant))}
-    return {k: getattr(args, k) for k in ("size", "method", "budget", "replicate", "dataset", "scheme")
-            if getattr(args, k, None) is not None}
+    out = {k: getattr(args, k) for k in ("size", "method", "budget", "replicate", "dataset", "scheme")
+           if getattr(args, k, None) is not None}
+    if "budget" in out:  # one label per value (1e6 -> 1M), as the folder and the tag
+        out["budget"] = budget_label(out["budget"])
+    return out
 
 
 # -- the two stages that need no job folder ---------------------------------------------------------

@@ -12,70 +12,82 @@ SPARSE = ("train", "oneshot")  # the N:M competitors (the best mark goes to one 
 ORDER = {"teacher": 0, "control": 1, "train": 2, "oneshot": 3, "ablation": 4}
 
 
-def _cell(row, budget_note: str = "") -> str:
+def _cell(row, usual_n: int = 1, budget_note: str = "") -> str:
+    """'84.09', '84.09 ± 0.12' (several seeds; '(n=k)' where k is not the usual count), '–' if none."""
     if row is None:
         return "–"
     text = fmt(row["mean"], 2)
     if not is_missing(row["sd"]):
-        text += f" ± {fmt(row['sd'], 2)}" + ("" if row["n"] == _cell.n else f" (n={row['n']})")
+        text += f" ± {fmt(row['sd'], 2)}" + ("" if row["n"] == usual_n else f" (n={row['n']})")
     return text + budget_note
 
 
-_cell.n = 1  # the usual seed count (cells with another count say theirs)
-
-
 def _rows_by_method(best, cfg, roles_kept):
+    """Teacher, dense control, then the others by their mean at the largest size (best first)."""
     methods = [m for m in dict.fromkeys(best["method"]) if role(cfg, m) in roles_kept]
     return sorted(methods, key=lambda m: (ORDER[role(cfg, m)], _largest_mean(best, cfg, m)))
 
 
 def _largest_mean(best, cfg, method):
-    sizes = [s for s in cfg["run"]["sizes"] if s in set(best["size"])]
-    for s in reversed(sizes):
+    for s in reversed(cfg["run"]["sizes"]):
         r = best[(best["size"] == s) & (best["method"] == method)]
         if len(r):
             return float(r["mean"].iloc[0])
     return math.inf
 
 
+def _best(cands):
+    """Index of the lowest mean among (mean, index) pairs, or None."""
+    return min(cands)[1] if cands else None
+
+
 def headline_table(cfg: dict, df, metric: str) -> tuple[Table | None, str]:
     """Rows = methods (teacher, dense control, N:M methods by perplexity at the largest size), per
-    size: the metric, its change vs the dense control at equal tokens and vs the teacher."""
-    best = at_largest(over_seeds(df, metric))
+    size: the metric at each method's largest budget, its change vs the dense control at the same
+    tokens (one-shot methods: the control's largest budget) and vs the teacher; best N:M marked.
+    Returns the table and a one-line summary for the job's log."""
+    agg = over_seeds(df, metric)
+    best = at_largest(agg)
     if not len(best):
         return None, ""
     sizes = [s for s in cfg["run"]["sizes"] if s in set(best["size"])]
     top = max(int(t) for t in best["tokens"])
     ns = [int(n) for n in best["n"]]
-    _cell.n = max(set(ns), key=ns.count)
+    usual = max(set(ns), key=ns.count)
     methods = _rows_by_method(best, cfg, ("teacher", "control", "train", "oneshot"))
-    columns, groups, cells, marks = ["method", "kind"], [("", 2)], [], set()
+    controls = [m for m in methods if role(cfg, m) == "control"]
+    at = {(r.size, r.method, r.budget): r._asdict() for r in agg.itertuples()}
+    lookup = {(r.size, r.method): r._asdict() for r in best.itertuples()}
+    columns, groups, cells = ["method", "kind"], [("", 2)], []
     for s in sizes:
         columns += ["ppl", "vs control", "vs teacher"]
         groups.append((s, 3))
-    lookup = {(r.size, r.method): r._asdict() for r in best.itertuples()}
-    for i, m in enumerate(methods):
-        row = [m if m != "dense" else "teacher", ROLE_TEXT[role(cfg, m)]]
+    for m in methods:
+        kind = role(cfg, m)
+        row = [m if m != "dense" else "teacher", ROLE_TEXT[kind]]
         for s in sizes:
-            r = lookup.get((s, m))
-            ctrl = next((lookup[(s, c)] for c in methods if role(cfg, c) == "control" and (s, c) in lookup), None)
-            teach = lookup.get((s, "dense"))
-            note = f" (@{r['budget']})" if r and role(cfg, m) in ("train", "control") and r["tokens"] != top else ""
-            row += [_cell(r, note), signed_pct(r and r["mean"], ctrl and ctrl["mean"]) if role(cfg, m) != "control" else "–",
-                    signed_pct(r and r["mean"], teach and teach["mean"]) if m != "dense" else "–"]
+            r, teach = lookup.get((s, m)), lookup.get((s, "dense"))
+            ctrl = next((lookup[(s, c)] for c in controls if (s, c) in lookup), None)
+            if r is not None and ctrl is not None and kind == "train":  # equal tokens where the control has them
+                ctrl = at.get((s, ctrl["method"], r["budget"]), ctrl)
+            note = f" (@{r['budget']})" if r and kind in ("train", "control") and r["tokens"] != top else ""
+            row += [_cell(r, usual, note), "–" if kind == "control" else signed_pct(r and r["mean"], ctrl and ctrl["mean"]),
+                    "–" if m == "dense" else signed_pct(r and r["mean"], teach and teach["mean"])]
         cells.append(row)
+    marks = set()
     for j, s in enumerate(sizes):
-        cand = [(lookup[(s, m)]["mean"], i) for i, m in enumerate(methods) if role(cfg, m) in SPARSE and (s, m) in lookup]
-        if cand:
-            marks.add((min(cand)[1], 2 + 3 * j))
+        i = _best([(lookup[(s, m)]["mean"], i) for i, m in enumerate(methods) if role(cfg, m) in SPARSE and (s, m) in lookup])
+        if i is not None:
+            marks.add((i, 2 + 3 * j))
     keep = [j for j, c in enumerate(columns) if j < 2 or any(r[j] != "–" for r in cells)]
     t = Table("headline", [columns[j] for j in keep], [[r[j] for j in keep] for r in cells],
               [j >= 2 for j in keep], {(i, keep.index(j)) for i, j in marks if j in keep})
     t.groups = _regroup(groups, keep)
-    seeds = f"mean ± sd over {_cell.n} seeds" if _cell.n > 1 else "one seed per model"
+    seeds = f"mean ± sd over {usual} seeds (n = another count)" if usual > 1 else \
+        "one seed per model" if max(ns) == 1 else "mean ± sd (n = seeds) where several seeds ran"
     t.notes = [f"{domain_of(metric)} perplexity ({metric}); trained models at {short_tokens(top)} tokens, one-shot "
                f"at 0 (@ marks another budget); {seeds}; 'vs' = relative change of perplexity (lower is better)."]
-    if not any(role(cfg, m) == "control" for m in methods):
+    if not controls:
         t.notes.append("No dense control (a `dense_kd` method) in these results: the 'vs control' columns are left out.")
     return t, _summary(cfg, lookup, sizes, methods)
 
@@ -114,18 +126,17 @@ def domain_table(cfg: dict, df, metrics: list[str]) -> Table | None:
     first = per[metrics[0]]
     methods = _rows_by_method(first[first["size"] == size], cfg, ("teacher", "control", "train", "oneshot"))
     rows, marks = [], set()
-    for i, m in enumerate(methods):
+    for m in methods:
         row = [m if m != "dense" else "teacher"]
         for metric in metrics:
             r = per[metric][(per[metric]["size"] == size) & (per[metric]["method"] == m)]
             row.append(_cell(r.iloc[0].to_dict()) if len(r) else "–")
         rows.append(row)
     for j, metric in enumerate(metrics):
-        p = per[metric]
-        cand = [(float(p[(p["size"] == size) & (p["method"] == m)]["mean"].iloc[0]), i) for i, m in enumerate(methods)
-                if role(cfg, m) in SPARSE and len(p[(p["size"] == size) & (p["method"] == m)])]
-        if cand:
-            marks.add((min(cand)[1], j + 1))
+        p = per[metric][per[metric]["size"] == size].set_index("method")["mean"]
+        i = _best([(float(p[m]), i) for i, m in enumerate(methods) if role(cfg, m) in SPARSE and m in p.index])
+        if i is not None:
+            marks.add((i, j + 1))
     t = Table("domains", ["method", *(f"{domain_of(m)} ppl" for m in metrics)], rows, [False] + [True] * len(metrics), marks)
     t.notes = [f"Size {size}; each method at its largest budget."]
     return t

@@ -9,7 +9,7 @@ from ..layout import parse_tokens
 from .format import METRIC_RE
 
 CONTROL = "dense_kd"  # the dense control's algorithm: the trainer, data and teacher of CAST, no sparsity
-ROLE_TEXT = {"teacher": "dense teacher", "control": "dense control (same training, no sparsity)",
+ROLE_TEXT = {"teacher": "dense teacher", "control": "dense control (no sparsity)",
              "train": "N:M, trained", "oneshot": "N:M, one-shot", "ablation": "ablation"}
 
 
@@ -55,12 +55,15 @@ def role(cfg: dict, method: str, budget: str = "") -> str:
 
 
 def primary_metric(cfg: dict, columns) -> str | None:
-    """The training corpus' held-out perplexity at the first window length (cast.stages.evaluate.ppl_key)."""
-    from ..stages.evaluate import ppl_key
+    """The training corpus' held-out perplexity at the first window length (the name
+    cast.stages.evaluate.ppl_key gives it), found among the columns; else the first ppl/ column."""
+    from ..stages.data import dataset_name
 
-    key = ppl_key(cfg, cfg["evaluate"]["ppl_seqlens"][0])
-    if key in columns:
-        return key
+    want = (dataset_name(cfg), cfg["evaluate"]["ppl_split"], str(cfg["evaluate"]["ppl_seqlens"][0]))
+    for c in columns:
+        m = METRIC_RE.match(c)
+        if m and m["kind"] == "ppl" and (m["domain"], m["split"], m["seqlen"]) == want:
+            return c
     return next((c for c in columns if c.startswith("ppl/")), None)
 
 

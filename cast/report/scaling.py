@@ -7,6 +7,7 @@ import math
 from .format import Table, frame_table, short_tokens
 
 TITLES = {"loss_law": "Loss law", "gap_law": "Gap law"}
+SKIPPED = {"extrapolation": "the largest-budget check was", "extrapolation_N": "the largest-size check was"}
 
 
 def _pct(err: float) -> str:
@@ -44,6 +45,8 @@ def fit_sentences(fitdoc: dict, pts=None) -> list[str]:
                                                 "(max {max})"),
                             ("loo", "leave-one-out errors are {mean} on average (max {max})")):
             c = fit.get(check, {})
+            if c.get("status") == "skipped" and check != "loo":
+                checks.append(f"{SKIPPED[check]} skipped ({c.get('reason')})")
             if c.get("status") != "ok":
                 continue
             held = short_tokens(c.get("held_out_D")) if check == "extrapolation" and c.get("held_out_D") else \

@@ -69,11 +69,18 @@ def metric_headers(columns) -> dict:
     return out
 
 
-def ppl_columns(df) -> list:
-    """ppl/* columns, then bpb/* where the models' tokenizers differ (else bpb only restates ppl)."""
-    ppl = [c for c in df.columns if c.startswith("ppl/")]
-    bpb = [c for c in df.columns if c.startswith("bpb/")] if df["tokenizer"].nunique() > 1 else []
-    return ppl + bpb
+def ppl_columns(df, cfg: dict) -> list:
+    """ppl/* columns (the training corpus' first, the other domains by name), then bpb/* likewise
+    where the models' tokenizers differ (else bits per byte only restate perplexity)."""
+    from ..report.results import primary_metric
+
+    first = primary_metric(cfg, df.columns) or ""
+    out = []
+    for kind in ("ppl/", "bpb/") if df["tokenizer"].nunique() > 1 else ("ppl/",):
+        cols = sorted(c for c in df.columns if c.startswith(kind))
+        lead = kind + first[4:]
+        out += [c for c in cols if c == lead] + [c for c in cols if c != lead]
+    return out
 
 
 def zeroshot_columns(df) -> list:
@@ -90,7 +97,7 @@ def purpose_tables(df, cfg: dict) -> dict:
     df = ordered(df, cfg)
     ids = ["size", "method", "budget"] + (["replicate"] if (df["replicate"] > 0).any() else [])
     plain = df[(df["finetune"] == "-") & (df["quant"] == "-")]
-    out = {"ppl": (plain[ids + ["tokens"] + ppl_columns(plain) + ["unigram_ppl"]], ids)}
+    out = {"ppl": (plain[ids + ["tokens"] + ppl_columns(plain, cfg) + ["unigram_ppl"]], ids)}
     zs = zeroshot_columns(plain)
     if zs:
         out["zeroshot"] = (plain[ids + zs], ids)
@@ -102,7 +109,7 @@ def purpose_tables(df, cfg: dict) -> dict:
         rows = df if name == "quant" else df[df["quant"] == "-"]
         table = ordered(pd.merge(rows, groups, on=list(groups.columns)), cfg)
         extra = [k for k in RESULT_KEYS if k in table.columns] if name == "quant" else ["tokens"]
-        out[name] = (table[ids + ["finetune", "quant"] + extra + ppl_columns(table)], ids + [name])
+        out[name] = (table[ids + ["finetune", "quant"] + extra + ppl_columns(table, cfg)], ids + [name])
     return out
 
 
