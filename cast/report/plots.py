@@ -72,7 +72,8 @@ def ppl_vs_tokens(cfg: dict, df, metrics: list[str]):
             if i == len(metrics) - 1:
                 ax.set_xlabel("sparse-training tokens", fontsize=8)
     if ticks:
-        for ax in axes.flat:
+        for ax in axes.flat:  # explicit limits: a single budget would collapse the log axis
+            ax.set_xlim(min(ticks) / 1.5, max(ticks) * 1.5)
             ax.set_xticks(sorted(ticks), [short_tokens(t) for t in sorted(ticks)])
     labels = {m: ("teacher (dense)" if m == "dense" else m) for m in seen}
     legend_outside(fig, list(seen.values()), [labels[m] for m in seen], "method")

@@ -147,8 +147,9 @@ STAGES = {s.name: s for s in (
           metrics=(("finetune/before/", "ppl_before"), ("finetune/after/", "ppl_after"), ("finetune/wall_s", "wall_s"),
                    ("tokens", "tokens")),
           headline=("ppl_before", "ppl_after", "tokens", "wall_s")),
-    Stage("table", "method comparison tables (CSV + Markdown) from the result and eval JSONs",
-          "Collects every model folder's result.json and eval.json into tables/ppl, quant and finetune.",
+    Stage("table", "result tables (CSV, Markdown, HTML) from the result and eval JSONs",
+          "Collects every model folder's result.json and eval.json into tables/models.csv and one readable "
+          "table per purpose: ppl, zeroshot (acc ± stderr), quant and finetune (when those ran).",
           "cast table --config cfg.yaml --out-dir results/tables --result results/tables/result.json xs/teacher xs/cast/256k",
           "cast.stages.tables:cli",
           (Arg("--out-dir", "folder for the tables"), Arg("prefixes", "model folders relative to results_dir", nargs="+")),
@@ -159,8 +160,9 @@ STAGES = {s.name: s for s in (
           "cast scaling-law --config cfg.yaml --out-dir results/scaling_law --result results/scaling_law/result.json",
           "cast.stages.scaling_law:cli", (Arg("--out-dir", "folder for fit.json and points.csv"),),
           metrics=(("", "metrics"),), headline=("n_points", "status")),
-    Stage("report", "HTML + Markdown report (tables, scaling law, training curves)",
-          "Writes one self-contained index.html and report.md from what exists under results_dir.",
+    Stage("report", "HTML + Markdown report opening on the headline (then tables, scaling law, training curves)",
+          "Writes one self-contained index.html and report.md from what exists under results_dir (tables/models.csv, "
+          "scaling_law/, the training runs in MLflow), plus every figure (plots/) and table (tables/) as a file.",
           "cast report --config cfg.yaml --out-dir results/report --result results/report/result.json",
           "cast.stages.report:cli", (Arg("--out-dir", "folder for index.html, report.md, plots/ and tables/"),), job=False,
           headline=("html", "headline")),
