@@ -117,7 +117,6 @@ def dispatch(args) -> int:
     if not stage.result:
         return _entry(stage.entry)(cfg, args, None)
     from . import jobs, tracking
-    from .io import write_json
 
     tags = _tags(stage, args)
     params = jobs.job_config(cfg, job_name(stage.name), **_wildcards(stage, args)) if stage.job else None
@@ -127,12 +126,20 @@ def dispatch(args) -> int:
         tr.set_tags({k: str(Path(v).resolve()) for k, v in (("output_dir", getattr(args, "out", None) or getattr(args, "out_dir", None)),
                                                              ("model_dir", getattr(args, "model", None))) if v})
     if tracking.is_main_process():
-        write_json(args.result, {"stage": job_name(stage.name), "tags": tags, "run_id": tr.run_id, **result})
-        out = getattr(args, "out", None) or getattr(args, "out_dir", None)
-        tracking.attach(cfg, tr.run_id, [args.result, *(Path(out) / a for a in stage.artifacts if out)])
-        run = f" (MLflow run {tr.run_id})" if tr.run_id else ""
-        print(f"cast {stage.name}: wrote {out or args.result}{run}; {headline(stage, result)}", flush=True)
+        finish(cfg, stage, args.result, tags, tr.run_id, result, getattr(args, "out", None) or getattr(args, "out_dir", None))
     return 0
+
+
+def finish(cfg: dict, stage, result_path, tags: dict, run_id: str | None, result: dict, out=None) -> None:
+    """A job's end (main process): its result JSON (with the run id), the JSON, the resolved config
+    and stage.artifacts attached to the MLflow run, and one log line: what it wrote, its figures."""
+    from . import tracking
+    from .io import write_json
+
+    write_json(result_path, {"stage": job_name(stage.name), "tags": tags, "run_id": run_id, **result})
+    tracking.attach(cfg, run_id, [result_path, *(Path(out) / a for a in stage.artifacts if out)])
+    run = f" (MLflow run {run_id})" if run_id else ""
+    print(f"cast {stage.name}: wrote {out or result_path}{run}; {headline(stage, result)}", flush=True)
 
 
 def _wildcards(stage, args) -> dict:
