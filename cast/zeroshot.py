@@ -373,8 +373,8 @@ def run_zeroshot(model_dir: str | Path, tasks: list[str], include_path: str | Pa
                  trust_remote_code: bool = False, task_manager=None) -> dict:
     """0-shot lm-eval of a saved model directory in float32; task names are checked before the model
     loads. tokenizer: a tokenizer folder for model dirs without one. Returns {"metrics":
-    {"zs/<task>/<metric>": value, ".../<metric>_stderr": its standard error (mean metrics)}, "versions", "lm_eval_version", "config" (per-task configs),
-    "n_samples", "include_defaults"}; when cast_ppl ran also "zs/cast_ppl/token_perplexity" and
+    {"zs/<task>/<metric>": value, "zs/<task>/<metric>_stderr": its standard error (mean metrics)},
+    "versions", "lm_eval_version", "config" (per-task configs), "n_samples", "include_defaults"}; when cast_ppl ran also "zs/cast_ppl/token_perplexity" and
     "ppl_docs" (per-document loglikelihood sums). task_manager: the (TaskManager, include_defaults)
     pair task_manager_for returned, reused instead of indexing again."""
     import logging
