@@ -23,6 +23,10 @@ include: "workflow/rules/tables.smk"
 include: "workflow/rules/report.smk"
 
 
+onsuccess:
+    print(where_to_look(CFG), flush=True)
+
+
 rule all:
     input:
         all_targets(),

@@ -15,9 +15,11 @@ import sys
 from importlib import import_module
 from pathlib import Path
 
-from . import __version__
+from . import __version__, quiet
 from .errors import CastError
 from .stages import STAGES, job_name
+
+quiet.install()  # before torch/torchao load: their known, harmless import messages stay out of job logs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +70,33 @@ def _tags(stage, args) -> dict:
         value = getattr(args, arg or tag, None)
         if value not in (None, "") and not (tag == "replicate" and str(value) == "0"):
             out[tag] = str(value)
+    if "budget" in out:  # one label per value, as in the folder name (1e6 -> 1M)
+        from .layout import budget_label
+
+        out["budget"] = budget_label(out["budget"])
     return out
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+
+
+def headline(stage, result: dict) -> str:
+    """The figures of a job's last log line: stage.headline's result keys ("key:prefix" picks the
+    items of a dict whose name starts with prefix)."""
+    parts = []
+    for spec in stage.headline:
+        key, _, prefix = spec.partition(":")
+        value = result.get(key)
+        if isinstance(value, dict):
+            parts += [f"{k} {_fmt(v)}" for k, v in value.items() if str(k).startswith(prefix)]
+        elif isinstance(value, list):
+            parts.append(f"{key} {', '.join(map(str, value))}")
+        elif value is not None:
+            parts.append(f"{key} {_fmt(value)}")
+    return "; ".join(parts)
 
 
 def _metrics(stage, result: dict) -> dict:
@@ -90,7 +118,6 @@ def dispatch(args) -> int:
     if not stage.result:
         return _entry(stage.entry)(cfg, args, None)
     from . import jobs, tracking
-    from .io import write_json
 
     tags = _tags(stage, args)
     params = jobs.job_config(cfg, job_name(stage.name), **_wildcards(stage, args)) if stage.job else None
@@ -100,20 +127,36 @@ def dispatch(args) -> int:
         tr.set_tags({k: str(Path(v).resolve()) for k, v in (("output_dir", getattr(args, "out", None) or getattr(args, "out_dir", None)),
                                                              ("model_dir", getattr(args, "model", None))) if v})
     if tracking.is_main_process():
-        write_json(args.result, {"stage": job_name(stage.name), "tags": tags, "run_id": tr.run_id, **result})
+        finish(cfg, stage, args.result, tags, tr.run_id, result, getattr(args, "out", None) or getattr(args, "out_dir", None))
     return 0
+
+
+def finish(cfg: dict, stage, result_path, tags: dict, run_id: str | None, result: dict, out=None) -> None:
+    """A job's end (main process): its result JSON (with the run id), the JSON, the resolved config
+    and stage.artifacts attached to the MLflow run, and one log line: what it wrote, its figures."""
+    from . import tracking
+    from .io import write_json
+
+    write_json(result_path, {"stage": job_name(stage.name), "tags": tags, "run_id": run_id, **result})
+    tracking.attach(cfg, run_id, [result_path, *(Path(out) / a for a in stage.artifacts if out)])
+    run = f" (MLflow run {run_id})" if run_id else ""
+    print(f"cast {stage.name}: wrote {out or result_path}{run}; {headline(stage, result)}", flush=True)
 
 
 def _wildcards(stage, args) -> dict:
     """The job's wildcards for cast.jobs, from the subcommand's arguments and tags."""
-    from .layout import Prefix
+    from .layout import Prefix, budget_label
 
     if stage.name == "evaluate":  # the model folder's place in the grid, from its tags
         size, method = args.size or "model", args.method or "dense"
-        base = Prefix(size) if method == "dense" else Prefix(size, method, args.budget or "0", int(args.replicate or 0))
+        base = Prefix(size) if method == "dense" else Prefix(size, method, budget_label(args.budget or "0"),
+                                                               int(args.replicate or 0))
         return {"prefix": str(Prefix(base.size, base.method, base.budget, base.replicate, args.finetune, args.quant))}
-    return {k: getattr(args, k) for k in ("size", "method", "budget", "replicate", "dataset", "scheme")
-            if getattr(args, k, None) is not None}
+    out = {k: getattr(args, k) for k in ("size", "method", "budget", "replicate", "dataset", "scheme")
+           if getattr(args, k, None) is not None}
+    if "budget" in out:  # one label per value (1e6 -> 1M), as the folder and the tag
+        out["budget"] = budget_label(out["budget"])
+    return out
 
 
 # -- the two stages that need no job folder ---------------------------------------------------------

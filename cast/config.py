@@ -7,6 +7,7 @@ Light imports only (yaml, jsonschema): Snakemake imports this at parse time on e
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -25,12 +26,18 @@ SCHEMA_PATH = PACKAGE_DIR / "resources" / "config.schema.yaml"
 __all__ = ["ConfigError", "budget_label", "parse_tokens", "load_config", "resolve_config", "config_hash"]
 
 
+@functools.cache
+def _schema_file() -> dict:
+    """The schema file, parsed once per process (libyaml where available: ~10x pure Python's 0.25 s)."""
+    with open(SCHEMA_PATH) as fh:
+        return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def load_schema() -> dict:
     """The config schema, with `methods.<entry>` built from the method registry (cast.methods)."""
     from .methods import entry_schema
 
-    with open(SCHEMA_PATH) as fh:
-        schema = yaml.safe_load(fh)
+    schema = copy.deepcopy(_schema_file())
     schema["$defs"]["method"] = {**entry_schema(), "description": schema["$defs"]["method"]["description"]}
     return schema
 

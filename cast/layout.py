@@ -128,6 +128,14 @@ class Prefix:
         return out
 
     @classmethod
+    def from_tags(cls, tags: dict) -> Prefix:
+        """The model folder named by MLflow / CLI tags (the inverse of tags(); no method: the teacher)."""
+        method = tags.get("method") or "dense"
+        budget = "-" if method == "dense" else budget_label(tags.get("budget") or 0)
+        return cls(tags["size"], method, budget, int(tags.get("replicate") or 0), tags.get("finetune") or None,
+                   tags.get("quant") or None)
+
+    @classmethod
     def parse(cls, prefix: str | Path) -> Prefix:
         text = str(prefix).strip("/")
         if not re.fullmatch(PREFIX_RE, text):

@@ -129,7 +129,11 @@ def train(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int,
     config) in the checkpointer's format; otherwise it is discarded. checkpointer: the strategy's
     (cast.distributed; default OwnCheckpoints); after_backward: called once the step's gradients
     are complete, before clipping; should_stop(steps_done) -> True ends the run early (e.g. a
-    plateaued validation loss, cast.plateau). Returns the last logged metrics."""
+    plateaued validation loss, cast.plateau). Every log_every steps on_log(step, metrics) gets the
+    loss parts (train/loss, train/ce, ...) as window means, averaged over the steps since the
+    previous log (as common trainers log them: one batch's loss is noise), plus the lr, throughput
+    and stats_fn's values at that step. Returns the last log's metrics with the loss parts of its
+    final batch."""
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
     checkpointer = checkpointer or OwnCheckpoints()
     start = 0
@@ -142,6 +146,7 @@ def train(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int,
         accelerator.print(f"resumed from {ckpt_dir} at step {start}/{total_steps}")
     params = [p for p in model.parameters() if p.requires_grad]
     last, t0, tokens = {}, time.time(), 0
+    window, window_steps = {}, 0  # loss parts summed since the previous log
     bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc=desc, mininterval=2.0,
                disable=not accelerator.is_main_process or os.environ.get("CAST_NO_TQDM") == "1")
     for step in bar:
@@ -165,6 +170,9 @@ def train(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int,
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         tokens += batch.numel() * accelerator.num_processes
+        for k, v in sums.items():
+            window[k] = window.get(k, 0.0) + v
+        window_steps += 1
         done = step + 1
         stop = should_stop is not None and should_stop(done)
         if done % log_every == 0 or done == total_steps or stop:
@@ -174,9 +182,11 @@ def train(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int,
                 last["train/grad_norm"] = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
             if stats_fn is not None:
                 last.update(stats_fn(done))
-            bar.set_postfix(loss=f"{sums['loss']:.3f}")
+            means = {f"train/{k}": v / window_steps for k, v in window.items()}
+            window, window_steps = {}, 0
+            bar.set_postfix(loss=f"{means['train/loss']:.3f}")
             if on_log is not None and accelerator.is_main_process:
-                on_log(done, last)
+                on_log(done, {**last, **means})
         if ckpt_dir and ckpt_every and done % ckpt_every == 0 and done < total_steps:
             checkpointer.save(ckpt_dir, done, model, optimizer, scheduler, fingerprint, accelerator)
         if stop:

@@ -302,8 +302,9 @@ def _lm_eval_version() -> str:
 
 def metric_key(task: str, key: str) -> str | None:
     """lm-eval result key 'acc,none' of task t -> MLflow name 'zs/t/acc' (other filters keep a
-    suffix: 'acc,strict' -> 'zs/t/acc_strict'); stderr and bookkeeping keys -> None."""
-    if "," not in key or "_stderr" in key:
+    suffix: 'acc,strict' -> 'zs/t/acc_strict'); its standard error 'acc_stderr,none' ->
+    'zs/t/acc_stderr' (the tables print acc ± stderr); bookkeeping keys (no filter) -> None."""
+    if "," not in key:
         return None
     metric, filt = key.split(",", 1)
     return sanitize(f"zs/{task}/{metric}" if filt == "none" else f"zs/{task}/{metric}_{filt}")
@@ -317,6 +318,24 @@ def flatten_metrics(results: dict) -> dict[str, float]:
                 name = metric_key(task, k)
                 if name is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
                     out[name] = float(v)
+    return out
+
+
+def mean_stderrs(results: dict) -> dict[str, float]:
+    """'zs/<task>/<metric>_stderr' of every mean-aggregated task metric: lm-eval's closed form
+    (lm_eval.api.metrics.mean_stderr, sample sd / sqrt(n)) over its logged samples, i.e. what lm-eval
+    reports as '<metric>_stderr' -- which it skips with bootstrap_iters=0, the setting that also
+    spares us its bootstraps (a process pool and 100k draws per perplexity metric). Groups: none."""
+    from lm_eval.api.metrics import mean_stderr
+
+    out = {}
+    for task, samples in results.get("samples", {}).items():
+        listed = results.get("configs", {}).get(task, {}).get("metric_list", [])
+        for metric in (m["metric"] for m in listed if m.get("aggregation") == "mean"):
+            vals = [float(s[metric]) for s in samples if s.get("filter", "none") == "none"
+                    and isinstance(s.get(metric), (int, float)) and not isinstance(s.get(metric), bool)]
+            if len(vals) > 1:
+                out[sanitize(f"zs/{task}/{metric}_stderr")] = float(mean_stderr(vals))
     return out
 
 
@@ -354,8 +373,8 @@ def run_zeroshot(model_dir: str | Path, tasks: list[str], include_path: str | Pa
                  trust_remote_code: bool = False, task_manager=None) -> dict:
     """0-shot lm-eval of a saved model directory in float32; task names are checked before the model
     loads. tokenizer: a tokenizer folder for model dirs without one. Returns {"metrics":
-    {"zs/<task>/<metric>": value}, "versions", "lm_eval_version", "config" (per-task configs),
-    "n_samples", "include_defaults"}; when cast_ppl ran also "zs/cast_ppl/token_perplexity" and
+    {"zs/<task>/<metric>": value, "zs/<task>/<metric>_stderr": its standard error (mean metrics)},
+    "versions", "lm_eval_version", "config" (per-task configs), "n_samples", "include_defaults"}; when cast_ppl ran also "zs/cast_ppl/token_perplexity" and
     "ppl_docs" (per-document loglikelihood sums). task_manager: the (TaskManager, include_defaults)
     pair task_manager_for returned, reused instead of indexing again."""
     import logging
@@ -379,6 +398,7 @@ def run_zeroshot(model_dir: str | Path, tasks: list[str], include_path: str | Pa
     finally:
         log.setLevel(level)
     metrics = flatten_metrics(res)
+    metrics.update(mean_stderrs(res))
     metrics.update(set_averages(metrics))
     out = {"metrics": metrics, "versions": _jsonable(res.get("versions", {})), "lm_eval_version": _lm_eval_version(),
            "config": _jsonable(res.get("configs", {})), "n_samples": _jsonable(res.get("n-samples", {})),

@@ -79,5 +79,6 @@ def test_your_own_model_section_end_to_end(repo_clone, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(R / "mine" / "cast" / "64k" / "model")
     assert sum(check_model(model, find_targets(model, [r"_proj$"], [], 4), 2, 4).values()) == 0
     assert json.loads((R / "mine" / "cast" / "64k" / "result.json").read_text())["tokens"] == 62 * 8 * 128  # whole batches
-    assert "ppl/local_test/s128" in (R / "tables" / "ppl.md").read_text() and (R / "report" / "index.html").exists()
+    assert "ppl/local_test/s128" in (R / "tables" / "ppl.csv").read_text().splitlines()[0]
+    assert "local ppl" in (R / "tables" / "ppl.md").read_text() and (R / "report" / "index.html").exists()
     assert re.search(r"\|\s*cast_zs\s*\|", proc.stdout)  # lm-eval's own table printed the group

@@ -201,17 +201,20 @@ def test_fit_stage_and_report(store, tmp_path):
     assert len(pd.read_csv(R / "scaling_law" / "points.csv")) == 6
 
     (R / "tables").mkdir(parents=True)
-    pd.DataFrame({"size": ["xs"], "method": ["cast"], "budget": ["64k"], "ppl/x/s64": [52.0],
-                  "zs/cast_mc/acc": [0.31]}).to_csv(R / "tables" / "ppl.csv", index=False)
-    pd.DataFrame({"size": ["xs"], "scheme": ["int8"], "ppl": [53.0]}).to_csv(R / "tables" / "quant.csv", index=False)
-    (R / "data" / "bpe").mkdir(parents=True)  # the data folder of the micro config's one tokenizer
+    pd.DataFrame({"size": ["xs", "xs", "xs"], "method": ["dense", "cast", "magnitude"], "budget": ["-", "64k", "0"],
+                  "replicate": [0, 0, 0], "finetune": ["-"] * 3, "quant": ["-"] * 3, "tokenizer": ["bpe"] * 3,
+                  "ppl/wiki_test/s64": [50.0, 52.0, 60.0],
+                  "zs/cast_mc/acc": [0.33, 0.31, 0.30]}).to_csv(R / "tables" / "models.csv", index=False)
+    pd.DataFrame({"size": ["xs"], "method": ["cast"], "budget": ["64k"], "zs/cast_mc/acc": [0.31],
+                  "zs/cast_mc/acc_stderr": [0.02]}).to_csv(R / "tables" / "zeroshot.csv", index=False)
+    (R / "data" / "bpe").mkdir(parents=True)
     (R / "data" / "bpe" / "ATTRIBUTION.md").write_text("Wikipedia text, CC BY-SA 3.0.\n")
     out = report.run(store, R / "report")
     page = (R / "report" / "index.html").read_text()
     md = (R / "report" / "report.md").read_text()
-    assert page.count("data:image/png;base64,") == 3 == len(out["plots"])
-    for text in ("not the paper", "CC BY-SA 3.0", "Quantization (quant.csv)", "Zero-shot", "zs/cast_mc/acc",
-                 "Not fitted: loss law needs", "c0 + C * N^gamma"):
+    assert page.count("data:image/png;base64,") == 4 == len(out["plots"])  # ppl vs tokens, 2 fit figures, curves
+    for text in ("not the paper", "CC BY-SA 3.0", "Zero-shot", "cast_mc acc", "0.310 ± 0.020",
+                 "Loss law: not fitted (loss law needs", "c0 + C * N^gamma", "best N:M model"):
         assert text in page, text
     for name in out["plots"]:
         assert f"](plots/{name})" in md and (R / "report" / "plots" / name).exists()
@@ -223,7 +226,7 @@ def test_report_without_optional_inputs(micro_cfg, tmp_path):
 
     report.run(micro_cfg, tmp_path / "rep")
     page = (tmp_path / "rep" / "index.html").read_text()
-    for text in ("No method comparison table", "No scaling-law fit", "No training curves", "gensim_wiki"):
+    for text in ("No results table", "No tables", "No scaling-law fit", "No training curves", "gensim_wiki"):
         assert text in page, text
 
 

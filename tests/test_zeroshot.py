@@ -118,6 +118,8 @@ def test_trained_teacher_beats_chance_random_init_does_not(models, micro_data, t
            for name, m in (("trained", trained), ("random", random_init))}
     for m in res.values():
         assert {"zs/cast_mc/acc", "zs/cast_mc/acc_norm", "zs/cast_mc/acc_mutual_info"} <= set(m)
+        p = m["zs/cast_mc/acc"]  # its standard error from the logged samples: sqrt(p (1 - p) / (n - 1)), n = 400
+        assert m["zs/cast_mc/acc_stderr"] == pytest.approx((p * (1 - p) / 399) ** 0.5, rel=1e-6)
     # chance is 0.25 (sd 0.022 at 400 items). Plain acc of models this small stays near chance (a
     # choice's own likelihood dominates); acc_mutual_info, log p(ending | context) - log p(ending),
     # isolates what the context adds: ~0.35 for the trained model (z ~ 4.6), 0.25 for the random one
@@ -217,13 +219,25 @@ def test_evaluate_stage_checks_names_first_and_merges_metrics(models, micro_data
 
 def test_metric_names_and_task_sets():
     assert metric_key("cast_mc", "acc,none") == "zs/cast_mc/acc"
-    assert metric_key("cast_mc", "acc_stderr,none") is None
+    assert metric_key("cast_mc", "acc_stderr,none") == "zs/cast_mc/acc_stderr"  # kept: tables print acc ± stderr
     assert metric_key("gsm8k", "exact_match,strict-match") == "zs/gsm8k/exact_match_strict-match"
     assert metric_key("cast_mc", "alias") is None
     assert resolve_task_names("local") == ["cast_zs"]
     assert resolve_task_names(["cast7", "boolq", "hellaswag"]) == TASK_SETS["cast7"] + ["boolq"]
     assert resolve_task_names("ast7")[:2] == ["boolq", "rte"]
     assert len(resolve_task_names(["cast7", "ast7"])) == 9  # the union, as the LLaMA paper configs ask
+
+
+def test_accuracy_stderr_is_lm_evals_closed_form_over_the_logged_samples():
+    from cast.zeroshot import mean_stderrs
+
+    hits = [1, 0, 0, 1, 1, 0, 1, 1]
+    res = {"configs": {"cast_mc": {"metric_list": [{"metric": "acc", "aggregation": "mean"},
+                                                   {"metric": "perplexity", "aggregation": "perplexity"}]}},
+           "samples": {"cast_mc": [{"filter": "none", "acc": float(h), "perplexity": 3.0} for h in hits]}}
+    p = sum(hits) / len(hits)
+    sd = (sum((h - p) ** 2 for h in hits) / (len(hits) - 1)) ** 0.5
+    assert mean_stderrs(res) == {"zs/cast_mc/acc_stderr": pytest.approx(sd / len(hits) ** 0.5)}
 
 
 def test_task_set_averages_need_every_member():

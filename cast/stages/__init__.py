@@ -37,6 +37,8 @@ class Stage:
     metrics: tuple = ()  # (metric name or prefix, result key): a dict value logs one metric per item
     job: bool = True  # MLflow params = cast.jobs.job_config(cfg, name, ...)
     result: bool = True  # writes --result
+    headline: tuple = ()  # result keys of the job's last log line ("metrics:ppl/": items of a dict by prefix)
+    artifacts: tuple = ()  # files in --out attached to the MLflow run (besides the result JSON and config)
 
 
 OUT = Arg("--out", "folder to create (written under a temporary name, then renamed)")
@@ -78,17 +80,19 @@ STAGES = {s.name: s for s in (
           (OUT, Arg("--tokenizer", "hub id or local folder of the tokenizer, or `bpe` for one trained on the train split; "
                     "omitted: data.tokenizer.path (bpe if unset)",
                     required=False)), ("tokenizer:tokenizer",),
-          metrics=(("data/unigram_ppl_test", "unigram_ppl_test"), ("data/tokens_", "tokens"))),
+          metrics=(("data/unigram_ppl_test", "unigram_ppl_test"), ("data/tokens_", "tokens")),
+          headline=("tokens", "vocab_size", "unigram_ppl_test")),
     Stage("tasks", "offline zero-shot lm-eval tasks (JSONL + YAML) from the held-out test split",
           "Builds the local tasks cast_mc (HellaSwag-style), cast_lastword (LAMBADA-style) and cast_ppl "
           "(rolling perplexity) from the test split only.",
           "cast tasks --config cfg.yaml --data results/data --out results/tasks --result results/tasks/result.json",
-          "cast.stages.tasks:cli", (DATA, OUT), metrics=(("tasks/items/", "items"),)),
+          "cast.stages.tasks:cli", (DATA, OUT), metrics=(("tasks/items/", "items"),), headline=("items",)),
     Stage("teacher", "pretrain (or export) the dense teacher of one size",
           "Trains a LLaMA preset for teacher.tokens, or exports a pretrained checkpoint as safetensors.",
           "cast teacher --config cfg.yaml --size s --data results/data --out results/s/teacher/model "
           "--result results/s/teacher/result.json", "cast.stages.teacher:cli", (SIZE, DATA, OUT), ("size",),
-          metrics=(("model/non_embedding_params", "non_embedding_params"),)),
+          metrics=(("model/non_embedding_params", "non_embedding_params"), ("tokens", "tokens")),
+          headline=("non_embedding_params", "tokens", "final_train_ce", "wall_s")),
     Stage("sparsify", "turn a dense teacher into an exact N:M model with one method",
           "Runs a registered method (cast.methods): one-shot pruning, or training for a token budget with "
           "the frozen teacher; checks the export is exactly N:M.",
@@ -101,7 +105,8 @@ STAGES = {s.name: s for s in (
            Arg("--teacher", "dense teacher model folder"), DATA, OUT),
           ("size", "method", "budget", "replicate"),
           metrics=(("sparsify/wall_s", "wall_s"), ("sparsify/target_sparsity", "target_sparsity"),
-                   ("sparsify/nm_violations", "nm_violations"))),
+                   ("sparsify/nm_violations", "nm_violations"), ("tokens", "tokens")),
+          headline=("tokens", "target_sparsity", "nm_violations", "wall_s"), artifacts=("mask_stats.json",)),
     Stage("evaluate", "perplexity (and zero-shot through lm-eval) of a model folder",
           "Perplexity with the WikiText-2 protocol (joined split, non-overlapping windows) at every "
           "evaluate.ppl_seqlens, then lm-eval 0-shot tasks when zeroshot.enabled.",
@@ -109,7 +114,7 @@ STAGES = {s.name: s for s in (
           "--tasks-dir results/tasks --result results/s/cast/256k/eval.json", "cast.stages.evaluate:cli",
           (MODEL, DATA, Arg("--tasks-dir", "folder of the `tasks` stage (the local zero-shot tasks)", required=False),
            Arg("--no-zeroshot", "perplexity only", required=False, action="store_true"), *_tag_args(*VARIANT_TAGS)),
-          VARIANT_TAGS, metrics=(("", "metrics"),)),
+          VARIANT_TAGS, metrics=(("", "metrics"),), headline=("metrics:ppl/", "metrics:bpb/", "wall_s")),
     Stage("evaluate-group", "evaluate several model folders in one process (evaluate.group: size)",
           "Runs `cast evaluate` on each model folder (relative to results_dir) in turn, paying the imports "
           "once: one MLflow run and one eval.json per model, zero-shot as evaluate.on_variants says.",
@@ -126,13 +131,14 @@ STAGES = {s.name: s for s in (
           "cast.stages.quantize:cli",
           (MODEL, DATA, Arg("--scheme", "a name under `quantize.schemes:`"), OUT, *_tag_args(*VARIANT_TAGS[:5])),
           (*VARIANT_TAGS[:5], "quant:scheme"),
-          metrics=tuple((f"quant/{k}", k) for k in ("rel_weight_err", "avg_bits", "nm_violations", "wall_s"))),
+          metrics=tuple((f"quant/{k}", k) for k in ("rel_weight_err", "avg_bits", "nm_violations", "wall_s")),
+          headline=("avg_bits", "rel_weight_err", "nm_violations", "wall_s")),
     Stage("downstream", "token streams of one fine-tuning dataset",
           "Loads one finetune.datasets entry, splits it train/test by document and tokenizes it.",
           "cast downstream --config cfg.yaml --dataset news --data results/data --out results/downstream/news "
           "--result results/downstream/news/result.json", "cast.stages.finetune:downstream_cli",
           (Arg("--dataset", "a name under `finetune.datasets:`"), DATA, OUT), ("finetune:dataset",),
-          metrics=(("downstream/tokens_", "tokens"),)),
+          metrics=(("downstream/tokens_", "tokens"),), headline=("tokens",)),
     Stage("finetune", "fine-tune a model on a downstream dataset (sparse models: mask frozen)",
           "Fine-tunes a dense or N:M model; the zeros of an N:M model stay exactly zero.",
           "cast finetune --config cfg.yaml --model results/s/cast/256k/model --data results/data --dataset news "
@@ -143,23 +149,28 @@ STAGES = {s.name: s for s in (
            Arg("--teacher", "dense model folder for distillation (finetune.eta > 0)", required=False), OUT,
            *_tag_args(*VARIANT_TAGS[:4])),
           (*VARIANT_TAGS[:4], "finetune:dataset"),
-          metrics=(("finetune/before/", "ppl_before"), ("finetune/after/", "ppl_after"), ("finetune/wall_s", "wall_s"))),
-    Stage("table", "method comparison tables (CSV + Markdown) from the result and eval JSONs",
-          "Collects every model folder's result.json and eval.json into tables/ppl, quant and finetune.",
+          metrics=(("finetune/before/", "ppl_before"), ("finetune/after/", "ppl_after"), ("finetune/wall_s", "wall_s"),
+                   ("tokens", "tokens")),
+          headline=("ppl_before", "ppl_after", "tokens", "wall_s")),
+    Stage("table", "result tables (CSV, Markdown, HTML) from the result and eval JSONs",
+          "Collects every model folder's result.json and eval.json into tables/models.csv and one readable "
+          "table per purpose: ppl, zeroshot (acc ± stderr), quant and finetune (when those ran).",
           "cast table --config cfg.yaml --out-dir results/tables --result results/tables/result.json xs/teacher xs/cast/256k",
           "cast.stages.tables:cli",
           (Arg("--out-dir", "folder for the tables"), Arg("prefixes", "model folders relative to results_dir", nargs="+")),
-          job=False),
+          job=False, headline=("rows", "files")),
     Stage("scaling-law", "fit the scaling laws to the sweep's evaluate runs read back from MLflow",
           "Fits L(N, D) = E + A N^-alpha + B D^-beta and the gap to dense (our forms) with bootstrap "
           "intervals, leave-one-out and extrapolation errors.",
           "cast scaling-law --config cfg.yaml --out-dir results/scaling_law --result results/scaling_law/result.json",
           "cast.stages.scaling_law:cli", (Arg("--out-dir", "folder for fit.json and points.csv"),),
-          metrics=(("", "metrics"),)),
-    Stage("report", "HTML + Markdown report (tables, scaling law, training curves)",
-          "Writes one self-contained index.html and report.md from what exists under results_dir.",
+          metrics=(("", "metrics"),), headline=("n_points", "status")),
+    Stage("report", "HTML + Markdown report opening on the headline (then tables, scaling law, training curves)",
+          "Writes one self-contained index.html and report.md from what exists under results_dir (tables/models.csv, "
+          "scaling_law/, the training runs in MLflow), plus every figure (plots/) and table (tables/) as a file.",
           "cast report --config cfg.yaml --out-dir results/report --result results/report/result.json",
-          "cast.stages.report:cli", (Arg("--out-dir", "folder for index.html, report.md and plots/"),), job=False),
+          "cast.stages.report:cli", (Arg("--out-dir", "folder for index.html, report.md, plots/ and tables/"),), job=False,
+          headline=("html", "headline")),
 )}
 
 

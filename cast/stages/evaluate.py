@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..config import looks_local
 from ..data import load_tokens
-from ..io import read_json, write_json
+from ..io import read_json
 from ..models import check_model_dir, load_model, pick_device
 from .data import dataset_name
 
@@ -130,10 +130,12 @@ def cli(cfg: dict, args, tracker=None) -> dict:
 def group_cli(cfg: dict, args, _tracker=None) -> int:
     """`cast evaluate-group` (evaluate.group: size): the model folders of one size in one process,
     which pays the imports once; one MLflow run and one eval.json per model, as `cast evaluate`."""
+    from ..cli import finish
     from ..config import results_dir
     from ..jobs import job_config
     from ..layout import Layout, Prefix
     from ..tracking import is_main_process, start_run
+    from . import STAGES
 
     L = Layout(results_dir(cfg))
     from ..jobs import zeroshot_wanted
@@ -145,7 +147,6 @@ def group_cli(cfg: dict, args, _tracker=None) -> int:
             res = evaluate_model(cfg, L.model(p), args.data, args.tasks_dir, zs, p.finetune)
             tr.log_metrics(res["metrics"])
             tr.set_tags({"model_dir": str(L.model(p).resolve())})
-        if is_main_process():
-            write_json(L.eval(p), {"stage": "evaluate", "tags": tags, "run_id": tr.run_id, **res})
-        print(f"evaluated {p}: " + ", ".join(f"{k} {v:.4g}" for k, v in res["metrics"].items() if k.startswith("ppl/")))
+        if is_main_process():  # eval.json, its MLflow artifacts and the log line, as `cast evaluate`
+            finish(cfg, STAGES["evaluate"], L.eval(p), tags, tr.run_id, res)
     return 0

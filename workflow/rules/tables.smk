@@ -1,9 +1,13 @@
+# The result tables (cast.stages.tables): models.csv for machines, one readable table per purpose
+# (ppl, zeroshot, quant, finetune; .csv/.md/.html). The report rule registers them in the Snakemake
+# report as HTML, with captions.
 rule table:
     input:
         evals=[L.eval(p) for p in table_prefixes()],
     output:
-        md=report(L.tables / "ppl.md", caption="../report/ppl.rst", category="Method comparison"),
+        md=L.tables / "ppl.md",
         csv=L.tables / "ppl.csv",
+        models=L.tables / "models.csv",
         result=L.tables / "result.json",
     params:
         cast=launcher(1),
