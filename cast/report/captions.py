@@ -22,6 +22,8 @@ TABLES = {
                 "teacher; ★ = best N:M model of its size.",
     "domains": "Perplexity per held-out domain at the largest size, each method at its largest budget; ★ = best "
                "N:M model per domain.",
+    "seeds": "Differences between the methods trained with several seeds (largest size, largest budget): mean "
+             "difference of perplexity ± its standard error per domain; * marks differences beyond two standard errors.",
     "ablation": "Ablations at the largest size and budget: what each variant changes in the method's config, its "
                 "perplexity and the difference to the full method.",
     "ppl": "Perplexity (and bits per byte where tokenizers differ) of every plain model; constant columns are "
@@ -31,6 +33,7 @@ TABLES = {
     "finetune": "Downstream fine-tuning: each fine-tuned model beside its source (the N:M mask stays frozen).",
     "fit_loss_law": "Loss-law parameters: value, covariance standard error, bootstrap 95% interval.",
     "fit_gap_law": "Gap-law parameters: value, covariance standard error, bootstrap 95% interval.",
+    "fit_gap_teacher_law": "Parameters of the gap to the teacher: value, covariance standard error, bootstrap 95% interval.",
     "scaling_points": "The points of the scaling-law fit, read back from MLflow.",
 }
 

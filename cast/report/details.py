@@ -29,6 +29,10 @@ def headline_section(doc, cfg: dict, df, L) -> str:
     if dom is not None:
         doc.h(3, "By domain")
         doc.table(dom, "Perplexity by domain")
+    seeds = headline.seeds_table(cfg, df, metrics)
+    if seeds is not None:
+        doc.h(3, "Which differences exceed two standard errors")
+        doc.table(seeds, "Differences over seeds")
     abl = headline.ablation_table(cfg, df, metrics[:1])  # the domains have their own table
     if abl is not None:
         doc.h(3, "Ablations")

@@ -180,3 +180,35 @@ def ablation_table(cfg: dict, df, metrics: list[str]) -> Table | None:
     for metric in metrics:
         cols += [f"{domain_of(metric)} ppl", f"vs {rows[0][0]}" if len(metrics) == 1 else f"{domain_of(metric)} vs full"]
     return Table("ablation", cols, rows, [False] * 4 + [True] * (len(cols) - 4))
+
+
+def seeds_table(cfg: dict, df, metrics: list[str]) -> Table | None:
+    """Which differences between methods run with several seeds exceed two standard errors: every
+    pair among them at the largest size, on each domain (SE of a difference of means =
+    sqrt(sd_a^2/n_a + sd_b^2/n_b); '*' where |difference| > 2 SE)."""
+    per = {m: at_largest(over_seeds(df, m)) for m in metrics}
+    first = per[metrics[0]]
+    multi = first[first["n"] > 1]
+    if not len(multi):
+        return None
+    size = next(s for s in reversed(cfg["run"]["sizes"]) if s in set(multi["size"]))
+    names = [m for m in _rows_by_method(multi[multi["size"] == size], cfg, ("control", "train", "oneshot"))]
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            row = [f"{a} − {b}"]
+            for metric in metrics:
+                p = per[metric][per[metric]["size"] == size].set_index("method")
+                if a not in p.index or b not in p.index:
+                    row.append("–")
+                    continue
+                ra, rb = p.loc[a], p.loc[b]
+                diff = float(ra["mean"] - rb["mean"])
+                se = math.sqrt(float(ra["sd"]) ** 2 / int(ra["n"]) + float(rb["sd"]) ** 2 / int(rb["n"]))
+                row.append(f"{diff:+.2f} ± {se:.2f}" + (" *" if abs(diff) > 2 * se else ""))
+            rows.append(row)
+    t = Table("seeds", ["difference of mean ppl", *(f"{domain_of(m)}" for m in metrics)], rows,
+              [False] + [True] * len(metrics))
+    t.notes = [f"Size {size}, each method at its largest budget, {int(multi['n'].max())} seeds: mean difference ± its "
+               "standard error; * = more than two standard errors apart (lower is better for the first named)."]
+    return t

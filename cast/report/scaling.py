@@ -6,7 +6,7 @@ import math
 
 from .format import Table, frame_table, short_tokens
 
-TITLES = {"loss_law": "Loss law", "gap_law": "Gap law"}
+TITLES = {"loss_law": "Loss law", "gap_law": "Gap law", "gap_teacher_law": "Gap to the teacher"}
 SKIPPED = {"extrapolation": "the largest-budget check was", "extrapolation_N": "the largest-size check was"}
 
 
@@ -31,13 +31,17 @@ def fit_sentences(fitdoc: dict, pts=None) -> list[str]:
     """One sentence per law: what it predicts, its fit and its held-out (extrapolation) errors."""
     method, out = fitdoc.get("method", "?"), []
     for key, title in TITLES.items():
+        if key == "gap_teacher_law" and key not in fitdoc:
+            continue  # fitted only when the gap law's reference is a dense control
         fit = fitdoc.get(key, {})
         if fit.get("status") != "ok":
             out.append(f"{title}: not fitted ({fit.get('reason', 'no fit')}).")
             continue
         what = (f"predicts the log-perplexity of {method} models from model size N and training tokens D"
                 if key == "loss_law" else
-                f"predicts how much higher the log-perplexity of {method} models is than that of {reference(fitdoc)}")
+                f"predicts how much higher the log-perplexity of {method} models is than that of "
+                + (reference(fitdoc) if key == "gap_law" else "the dense teacher of the same size (the teacher did "
+                   "not see the extra tokens: this gap mixes the sparsity cost with the extra training)"))
         checks = []
         for check, text in (("extrapolation", "fitted without the largest budget ({held}) it predicts those {n} "
                                               "models' perplexity within {mean} on average (max {max})"),
@@ -55,7 +59,7 @@ def fit_sentences(fitdoc: dict, pts=None) -> list[str]:
         sentence = f"{title} ({fit['formula']}; {fit['n']} points, R² = {fit['r2']:.3f}) {what}"
         sentence += (": " + "; ".join(checks) + "." if checks else "; no held-out check could run.")
         bound = fit.get("at_bound") or []
-        if key == "gap_law" and "c0" in fit["params"] and not bound:
+        if key.startswith("gap") and "c0" in fit["params"] and not bound:
             c0 = fit["params"]["c0"]["value"]
             sentence += f" At unlimited tokens the gap tends to c0 = {c0:+.3f} ({(math.exp(c0) - 1) * 100:+.1f}% perplexity)."
         if bound:
@@ -96,7 +100,7 @@ def section(doc, L) -> None:
     fig1, fig2 = scaling_figures(fitdoc, pts)
     doc.figure(fig1, "loss_vs_tokens")
     doc.figure(fig2, "predicted_vs_observed")
-    for key, sentence in zip(TITLES, fit_sentences(fitdoc, pts)):
+    for key, sentence in zip([k for k in TITLES if k in fitdoc], fit_sentences(fitdoc, pts)):
         fit = fitdoc[key]
         doc.h(3, fit["formula"])
         doc.p(sentence)
