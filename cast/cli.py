@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES.values():
         p = sub.add_parser(stage.name, help=stage.help, description=f"{stage.description}\n\nexample:\n  {stage.example}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", "--configfile", dest="config", required=True,
-                       help="YAML config (validated as by `cast validate`)")
+        p.add_argument("--config", "--configfile", dest="config", required=True, action="append",
+                       help="YAML config (validated as by `cast validate`); given again, the next file's keys go "
+                       "on top, as Snakemake merges several --configfile")
         if stage.result:
             p.add_argument("--result", required=True, help="result JSON to write (holds the MLflow run id)")
         for a in stage.args:
@@ -114,21 +115,29 @@ def dispatch(args) -> int:
     from .config import load_config
 
     stage = STAGES[args.cmd]
-    cfg = load_config(args.config)
+    cfg = load_config(*args.config)
     if not stage.result:
         return _entry(stage.entry)(cfg, args, None)
-    from . import jobs, tracking
+    from . import jobs
 
-    tags = _tags(stage, args)
     params = jobs.job_config(cfg, job_name(stage.name), **_wildcards(stage, args)) if stage.job else None
-    with tracking.start_run(cfg, job_name(stage.name), tags, params=params) as tr:
-        result = _entry(stage.entry)(cfg, args, tr)
-        tr.log_metrics(_metrics(stage, result))
-        tr.set_tags({k: str(Path(v).resolve()) for k, v in (("output_dir", getattr(args, "out", None) or getattr(args, "out_dir", None)),
-                                                             ("model_dir", getattr(args, "model", None))) if v})
-    if tracking.is_main_process():
-        finish(cfg, stage, args.result, tags, tr.run_id, result, getattr(args, "out", None) or getattr(args, "out_dir", None))
+    run_job(cfg, stage, _tags(stage, args), params, lambda tr: _entry(stage.entry)(cfg, args, tr), args.result,
+            getattr(args, "out", None) or getattr(args, "out_dir", None), getattr(args, "model", None))
     return 0
+
+
+def run_job(cfg: dict, stage, tags: dict, params, body, result_path, out=None, model=None) -> dict:
+    """One job: an MLflow run (tags, params), body(tracker) -> result, its metrics and folder tags,
+    then finish(). Also what the group commands (evaluate-group, sparsify-group) do per model."""
+    from . import tracking
+
+    with tracking.start_run(cfg, job_name(stage.name), tags, params=params) as tr:
+        result = body(tr)
+        tr.log_metrics(_metrics(stage, result))
+        tr.set_tags({k: str(Path(v).resolve()) for k, v in (("output_dir", out), ("model_dir", model)) if v})
+    if tracking.is_main_process():
+        finish(cfg, stage, result_path, tags, tr.run_id, result, out)
+    return result
 
 
 def finish(cfg: dict, stage, result_path, tags: dict, run_id: str | None, result: dict, out=None) -> None:

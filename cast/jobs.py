@@ -18,9 +18,9 @@ from .layout import Prefix
 # checkpoint is resumed only in its own format (cast.train.train: the checkpointer's tag)
 RUNTIME_ONLY = {"train": ("malloc", "checkpoint_every", "strategy", "nodes", "activation_checkpointing"),
                 "teacher": ("checkpoint_every", "strategy", "nodes", "activation_checkpointing"),
-                "finetune": ("checkpoint_every",), "evaluate": ("group",)}
+                "finetune": ("checkpoint_every",), "evaluate": ("group", "shards")}
 # grid selection: which jobs exist, not what one computes
-SELECTION = {"finetune": ("datasets", "sizes", "methods", "apply_to"), "quantize": ("schemes", "sizes", "methods", "apply_to"),
+SELECTION = {"run": ("group",), "finetune": ("datasets", "sizes", "methods", "apply_to"), "quantize": ("schemes", "sizes", "methods", "apply_to"),
              "zeroshot": ("on_variants", "models")}
 TASK_KEYS = ("mc_items", "lastword_items", "ppl_docs")  # what the `tasks` job builds from
 FINETUNE_TRAIN_KEYS = ("betas", "eps", "precision", "teacher_dtype", "processes", "log_every")
@@ -45,17 +45,19 @@ def _sparsify(cfg, size, method, budget="0", replicate=0, **_):
 
 
 def zeroshot_wanted(cfg: dict, prefix) -> bool:
-    """Whether a model folder gets zero-shot: zeroshot.enabled; variants only with on_variants; with
-    `models: comparison` only teachers and each method at its largest budget (every replicate)."""
+    """Whether a model folder gets zero-shot: zeroshot.enabled, at zeroshot.sizes (null: all); variants
+    only with on_variants; with `models: comparison` only teachers and each method at its largest
+    budget, first seed."""
     from . import methods
 
     z, p = cfg["zeroshot"], (prefix if isinstance(prefix, Prefix) else Prefix.parse(prefix))
-    if not z["enabled"] or ((p.finetune or p.quant) and not z["on_variants"]):
+    if not z["enabled"] or ((p.finetune or p.quant) and not z["on_variants"]) or \
+            (z["sizes"] is not None and p.size not in z["sizes"]):
         return False
     if z["models"] == "all" or p.is_teacher or p.method not in cfg["methods"]:
         return True
     oneshot = methods.kind_of(cfg["methods"][p.method]["algorithm"]) == "oneshot"
-    return p.budget == ("0" if oneshot else cfg["run"]["budgets"][-1])
+    return p.budget == ("0" if oneshot else cfg["run"]["budgets"][-1]) and p.replicate == 0
 
 
 def _evaluate(cfg, prefix, **_):

@@ -127,6 +127,10 @@ class Prefix:
                                       ("quant", self.quant)) if v})
         return out
 
+    def job_wildcards(self) -> dict:
+        """size, method, budget, replicate: what names a sparsify job (cast.jobs.job_config's keywords)."""
+        return {"size": self.size, "method": self.method, "budget": self.budget, "replicate": self.replicate}
+
     @classmethod
     def from_tags(cls, tags: dict) -> Prefix:
         """The model folder named by MLflow / CLI tags (the inverse of tags(); no method: the teacher)."""

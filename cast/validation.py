@@ -210,6 +210,10 @@ def _strategies(cfg: dict) -> None:
     from . import plan
 
     plan.check(cfg)
+    if cfg["run"]["group"] == "method" and (cfg["train"]["processes"], cfg["train"]["nodes"]) != (1, 1):
+        raise ConfigError("config key 'run.group': 'method' runs a method's trainings in turn in one process; "
+                          f"train.processes={cfg['train']['processes']}, train.nodes={cfg['train']['nodes']} "
+                          "need their own launch (run.group: model)")
 
 
 def _data(cfg: dict) -> None:
@@ -273,6 +277,9 @@ def _zeroshot(cfg: dict) -> None:
     """Task names resolve now, not after hours of training: local ones, set names, lm-eval's own."""
     if not cfg["zeroshot"]["enabled"]:
         return
+    for i, size in enumerate(cfg["zeroshot"]["sizes"] or []):
+        if size not in cfg["run"]["sizes"]:
+            raise _unknown(f"zeroshot.sizes.{i}", size, "run.sizes", cfg["run"]["sizes"])
     from .zeroshot import check_task_names
 
     check_task_names(cfg["zeroshot"]["tasks"])

@@ -88,6 +88,9 @@ CONFIG_TIME = [
     ("methods.magnitude.lambda", 1e-3, "methods.magnitude"),
     ("run.budgets", ["1e6", "1000k"], "run.budgets"),  # one token count twice
     ("run.budgets", ["16 thousand"], "accepted forms"),
+    ("zeroshot.sizes", ["l"], "zeroshot.sizes.0"),
+    ("run.group", "method", "run.group"),  # with train.processes > 1 (set below)
+    ("evaluate.shards", 0, "evaluate.shards"),
 ]
 
 
@@ -96,6 +99,8 @@ def test_job_time_failures_are_config_time(micro_raw, path, value, needle):
     raw = copy.deepcopy(micro_raw)
     if path.startswith("methods.sparsegpt"):
         raw["run"]["methods"].append("sparsegpt")
+    if path == "run.group":
+        raw["train"].update(processes=2, batch_size=8)
     _set(raw, path, value)
     with pytest.raises(ConfigError) as err:
         resolve_config(raw)

@@ -130,23 +130,17 @@ def cli(cfg: dict, args, tracker=None) -> dict:
 def group_cli(cfg: dict, args, _tracker=None) -> int:
     """`cast evaluate-group` (evaluate.group: size): the model folders of one size in one process,
     which pays the imports once; one MLflow run and one eval.json per model, as `cast evaluate`."""
-    from ..cli import finish
+    from ..cli import run_job
     from ..config import results_dir
-    from ..jobs import job_config
+    from ..jobs import job_config, zeroshot_wanted
     from ..layout import Layout, Prefix
-    from ..tracking import is_main_process, start_run
     from . import STAGES
 
     L = Layout(results_dir(cfg))
-    from ..jobs import zeroshot_wanted
-
     for p in map(Prefix.parse, args.prefixes):
         zs = zeroshot_wanted(cfg, p)
         tags = {k: str(v) for k, v in p.tags().items() if v != "-"}
-        with start_run(cfg, "evaluate", tags, params=job_config(cfg, "evaluate", prefix=str(p))) as tr:
-            res = evaluate_model(cfg, L.model(p), args.data, args.tasks_dir, zs, p.finetune)
-            tr.log_metrics(res["metrics"])
-            tr.set_tags({"model_dir": str(L.model(p).resolve())})
-        if is_main_process():  # eval.json, its MLflow artifacts and the log line, as `cast evaluate`
-            finish(cfg, STAGES["evaluate"], L.eval(p), tags, tr.run_id, res)
+        run_job(cfg, STAGES["evaluate"], tags, job_config(cfg, "evaluate", prefix=str(p)),
+                lambda _tr, p=p, zs=zs: evaluate_model(cfg, L.model(p), args.data, args.tasks_dir, zs, p.finetune),
+                L.eval(p), model=L.model(p))
     return 0

@@ -78,3 +78,21 @@ def run(cfg: dict, size: str, method: str, budget, teacher_dir: str | Path, data
 def cli(cfg: dict, args, tracker=None) -> dict:
     return run(cfg, args.size, args.method, budget_label(args.budget), args.teacher, args.data, args.out,
                tracker=tracker, replicate=int(args.replicate or 0))
+
+
+def group_cli(cfg: dict, args, _tracker=None) -> int:
+    """`cast sparsify-group` (run.group: method): one method's runs at one size (its budgets and seeds)
+    in one process, which pays the imports once; one MLflow run and one folder per run, as `cast sparsify`."""
+    from ..cli import run_job
+    from ..config import results_dir
+    from ..jobs import job_config
+    from ..layout import Layout, Prefix
+    from . import STAGES
+
+    L = Layout(results_dir(cfg))
+    for label in args.runs:
+        p = Prefix(args.size, args.method, **Prefix.parse_run(label))
+        run_job(cfg, STAGES["sparsify"], {k: str(v) for k, v in p.tags().items()}, job_config(cfg, "sparsify", **p.job_wildcards()),
+                lambda tr, p=p: run(cfg, p.size, p.method, p.budget, args.teacher, args.data, L.folder(p), tracker=tr,
+                                    replicate=p.replicate), L.result(p), out=L.folder(p))
+    return 0

@@ -139,7 +139,17 @@ def tag_args(prefix):
 
 def run_wildcards(w):
     """size, method, budget, replicate of a sparse-model job's wildcards."""
-    return {"size": w.size, "method": w.method, **Prefix.parse_run(w.run)}
+    return Prefix(w.size, w.method, **Prefix.parse_run(w.run)).job_wildcards()
+
+
+def method_groups():
+    """(size, method) pairs of run.group: method, one sparsify job each."""
+    return list(dict.fromkeys((p.size, p.method) for p in sparse_prefixes()))
+
+
+def method_prefixes(size, method):
+    """The sparse models of one (size, method): its budgets and seeds."""
+    return [p for p in sparse_prefixes() if (p.size, p.method) == (size, method)]
 
 
 def gpus(size, training=False, processes=1):
@@ -239,6 +249,20 @@ def scaling_law_inputs():
 def size_prefixes(size):
     """Every model folder of one size: teacher, sparse models, their variants."""
     return [p for p in table_prefixes() if p.size == size]
+
+
+def eval_shards(size):
+    """evaluate.group: size -- the size's folders in evaluate.shards lists: the teacher's folders in
+    the first, then each method's folders where the least work is (a zero-shot run counted as 4
+    perplexity runs), so the jobs end together."""
+    groups = {}
+    for p in size_prefixes(size):
+        groups.setdefault(p.method, []).append(p)
+    shards = [[] for _ in range(CFG["evaluate"]["shards"])]
+    work = lambda ps: sum(1 + 4 * zeroshot_wanted(CFG, p) for p in ps)
+    for method, ps in groups.items():
+        min(shards, key=lambda sh: (method != "dense") * work(sh)).extend(ps)
+    return [sh for sh in shards if sh]
 
 
 def variant_prefixes():

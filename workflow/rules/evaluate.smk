@@ -1,6 +1,6 @@
-# Evaluation of every model folder: one job per folder (evaluate.group: model), or one job per size
-# evaluating all of that size's folders in one process (evaluate.group: size; ~6 s of imports saved
-# per folder). Either way one eval.json and one MLflow run per model folder.
+# Evaluation of every model folder: one job per folder (evaluate.group: model), or evaluate.shards
+# jobs per size, each evaluating its folders in one process (evaluate.group: size; ~6 s of imports
+# saved per folder). Either way one eval.json and one MLflow run per model folder.
 if CFG["evaluate"]["group"] == "model":
 
     rule evaluate:
@@ -32,32 +32,33 @@ if CFG["evaluate"]["group"] == "model":
 
 else:
     for _size in CFG["run"]["sizes"]:
+        for _k, _shard in enumerate(eval_shards(_size)):
 
-        rule:
-            name:
-                f"evaluate_{_size}"
-            input:
-                flag=L.mlflow_flag,
-                data=data_of(_size),
-                domains=domains_of(_size),
-                models=[L.model(p) for p in size_prefixes(_size)],
-                tasks=[L.tasks] if ZS_LOCAL else [],
-            output:
-                [L.eval(p) for p in size_prefixes(_size)],
-            params:
-                cast=launcher(1),
-                prefixes=" ".join(map(str, size_prefixes(_size))),
-                tasks=f"--tasks-dir {L.tasks}" if ZS_LOCAL else "",
-                fingerprint=[fingerprint(CFG, "evaluate", prefix=str(p)) for p in size_prefixes(_size)],
-            log:
-                L.logs / f"evaluate/{_size}.log",
-            benchmark:
-                L.benchmarks / f"evaluate/{_size}.tsv"
-            threads: CFG["threads"]
-            resources:
-                gpu=gpus(_size),
-            conda:
-                "../../envs/cast.yaml"
-            shell:
-                '{params.cast} evaluate-group --config "$CAST_CONFIG" --data {input.data} {params.tasks} '
-                "{params.prefixes} > {log} 2>&1"
+            rule:
+                name:
+                    f"evaluate_{_size}_{_k}"
+                input:
+                    flag=L.mlflow_flag,
+                    data=data_of(_size),
+                    domains=domains_of(_size),
+                    models=[L.model(p) for p in _shard],
+                    tasks=[L.tasks] if ZS_LOCAL else [],
+                output:
+                    [L.eval(p) for p in _shard],
+                params:
+                    cast=launcher(1),
+                    prefixes=" ".join(map(str, _shard)),
+                    tasks=f"--tasks-dir {L.tasks}" if ZS_LOCAL else "",
+                    fingerprint=[fingerprint(CFG, "evaluate", prefix=str(p)) for p in _shard],
+                log:
+                    L.logs / f"evaluate/{_size}_{_k}.log",
+                benchmark:
+                    L.benchmarks / f"evaluate/{_size}_{_k}.tsv"
+                threads: CFG["threads"]
+                resources:
+                    gpu=gpus(_size),
+                conda:
+                    "../../envs/cast.yaml"
+                shell:
+                    '{params.cast} evaluate-group --config "$CAST_CONFIG" --data {input.data} {params.tasks} '
+                    "{params.prefixes} > {log} 2>&1"
