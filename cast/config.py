@@ -167,8 +167,13 @@ def merge_configs(base: dict, over: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path) -> dict:
-    return resolve_config(read_yaml(path))
+def load_config(*paths: str | Path) -> dict:
+    """The resolved config of one YAML file, or of several merged in order (as Snakemake merges
+    `--configfile a.yaml b.yaml`)."""
+    raw = {}
+    for path in paths:
+        raw = merge_configs(raw, read_yaml(path))
+    return resolve_config(raw)
 
 
 def config_hash(obj: Any) -> str:

@@ -105,7 +105,10 @@ def test_replicates_and_zero_shot_selection_in_the_grid(micro_raw, tmp_path):
     from cast.jobs import zeroshot_wanted
 
     assert [zeroshot_wanted(cfg, p) for p in ("s/teacher", "s/cast/16k", "s/cast/8k", "s/cast/16k_r2", "s/magnitude/0",
-                                               "s/cast/16k/quant/int8")] == [True, True, False, True, True, False]
+                                               "s/cast/16k/quant/int8")] == [True, True, False, False, True, False]
+    micro_raw["zeroshot"]["sizes"] = ["xs"]
+    assert not zeroshot_wanted(resolve_config(micro_raw), "s/teacher")
+    del micro_raw["zeroshot"]["sizes"]
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(micro_raw))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--configfile",
                            str(tmp_path / "cfg.yaml"), "--directory", str(tmp_path)], capture_output=True, text=True,
