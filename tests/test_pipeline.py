@@ -30,7 +30,7 @@ def config(ckpts: dict, results: Path) -> dict:
                     "wanda": {"algorithm": "wanda", "calib_samples": 4},
                     "sparsegpt": {"algorithm": "sparsegpt", "calib_samples": 4, "blocksize": 16},
                     "srste": {"algorithm": "srste", "lambda": 2.0e-4, "t1": 2}},
-        "run": {"sizes": list(ckpts), "methods": METHODS, "budgets": ["1k"]},
+        "run": {"sizes": list(ckpts), "methods": METHODS, "budgets": ["1k"], "group": "method"},
         "evaluate": {"ppl_seqlens": [32], "batch_size": 8, "group": "size"},
         "zeroshot": {"enabled": False},
         "quantize": {"methods": ["cast"], "apply_to": ["sparse"],

@@ -82,3 +82,19 @@ def test_your_own_model_section_end_to_end(repo_clone, tmp_path):
     assert "ppl/local_test/s128" in (R / "tables" / "ppl.csv").read_text().splitlines()[0]
     assert "local ppl" in (R / "tables" / "ppl.md").read_text() and (R / "report" / "index.html").exists()
     assert re.search(r"\|\s*cast_zs\s*\|", proc.stdout)  # lm-eval's own table printed the group
+
+
+def test_ablation_overlay_dry_run_from_the_repository_root(repo_clone):
+    """Quick start's `snakemake -n ... --configfile config/config.yaml config/ablations.yaml`, verbatim:
+    the default's jobs plus one sparsify job per ablation at m (Snakemake merges the two files)."""
+    (line,) = [c for c in commands(section("Quick start")) if c.startswith("snakemake -n")]
+    proc = run(line, repo_clone, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    counts = job_counts(proc.stdout)
+    assert {j for j in counts if j.startswith("sparsify_m_cast_")} == \
+        {"sparsify_m_cast_gradv", "sparsify_m_cast_noscale", "sparsify_m_cast_nokd", "sparsify_m_cast_srste"}
+    default = run(line.replace(" config/ablations.yaml", ""), repo_clone, timeout=300)
+    assert default.returncode == 0, default.stderr[-2000:]
+    assert sum(counts.values()) - sum(job_counts(default.stdout).values()) == 3
+    check = run("cast validate --config config/config.yaml --config config/ablations.yaml", repo_clone, timeout=120)
+    assert check.returncode == 0 and "cast_srste:" in check.stdout, check.stderr[-2000:]

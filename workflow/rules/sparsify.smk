@@ -1,6 +1,7 @@
 # Sparse models: one job per model folder (run.group: model), or one job per (size, method) running
 # its budgets and seeds in one process (run.group: method; ~6 s of imports saved per run). Either way
-# one folder, result.json and MLflow run per sparse model.
+# one folder, result.json and MLflow run per sparse model. A rule made in a loop reads its loop values
+# from params (fixed when the rule is made), never from the shell string (run later, after the loop).
 if CFG["run"]["group"] == "model":
 
     rule sparsify:
@@ -46,6 +47,7 @@ else:
                 results=[L.result(p) for p in method_prefixes(_size, _method)],
             params:
                 cast=launcher(1),
+                job=f"--size {_size} --method {_method}",
                 runs=" ".join(p.run for p in method_prefixes(_size, _method)),
                 fingerprint=[fingerprint(CFG, "sparsify", **p.job_wildcards()) for p in method_prefixes(_size, _method)],
             log:
@@ -58,5 +60,5 @@ else:
             conda:
                 "../../envs/cast.yaml"
             shell:
-                f'{{params.cast}} sparsify-group --config "$CAST_CONFIG" --size {_size} --method {_method} '
-                "--teacher {input.teacher} --data {input.data} {params.runs} > {log} 2>&1"
+                '{params.cast} sparsify-group --config "$CAST_CONFIG" {params.job} --teacher {input.teacher} '
+                "--data {input.data} {params.runs} > {log} 2>&1"
