@@ -193,3 +193,24 @@ def train(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int,
             break
     return last
 
+
+
+def train_method(model, optimizer, scheduler, sampler: BlockSampler, total_steps: int, loss_fn: Callable, *,
+                 tcfg: dict, accelerator, ckpt_dir, tracker, stats: Callable, method: str, fingerprint: str,
+                 **kw) -> tuple[dict, list[dict]]:
+    """`train` as a sparse-training method runs it: the train.* keys (grad_clip, grad_accum,
+    checkpoint_every, log_every), metrics logged on the job's MLflow run, and stats(step) -> {name:
+    value} at every log, also kept as the run's history. Returns (last metrics, history)."""
+    history = []
+
+    def stats_fn(done):
+        st = stats(done)
+        history.append({"step": done, **st})
+        return st
+
+    last = train(model, optimizer, scheduler, sampler, total_steps, loss_fn, accelerator=accelerator,
+                 grad_clip=tcfg["grad_clip"], grad_accum=tcfg["grad_accum"], ckpt_dir=ckpt_dir,
+                 ckpt_every=tcfg["checkpoint_every"], log_every=tcfg["log_every"],
+                 on_log=(lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None,
+                 stats_fn=stats_fn, desc=method, fingerprint=fingerprint, **kw)
+    return last, history

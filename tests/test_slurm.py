@@ -184,7 +184,9 @@ def two_node_run(tmp_path_factory, micro_data):
     import shutil
 
     from cast.data import load_tokenizer
+    from cast.layout import Layout
     from cast.models import build_llama, save_model
+    from cast.tokenizers import BPE
 
     cfg, data = micro_data
     work = tmp_path_factory.mktemp("slurm2")
@@ -203,7 +205,7 @@ def two_node_run(tmp_path_factory, micro_data):
     subprocess.run([sys.executable, "-m", "cast.cli", "init", "--config", str(cfgfile), "--flag", str(R / ".mlflow_initialized")],
                    check=True, env=env, capture_output=True, timeout=120)
     time.sleep(1.1)  # upstream outputs newer than their inputs: nothing but the sparsify job is due
-    shutil.copytree(data, R / "data")
+    shutil.copytree(data, Layout(R).data_dir(BPE))
     tok = load_tokenizer(str(data / "tokenizer"))
     save_model(build_llama(cfg["models"]["xs"], len(tok), tok, seed=0), tok, R / "xs" / "teacher" / "model")
     (R / "xs" / "teacher" / "result.json").write_text("{}")

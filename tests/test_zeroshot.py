@@ -256,7 +256,7 @@ def test_zeroshot_config_defaults_and_errors(micro_raw):
     micro_raw.pop("zeroshot", None)  # the schema's defaults, not the micro config's trimmed counts
     z = resolve_config(micro_raw)["zeroshot"]
     assert z == {"enabled": True, "on_variants": False, "tasks": ["local"], "batch_size": 16, "limit": None,
-                 "mc_items": 200, "lastword_items": 200, "ppl_docs": None, "models": "all"}
+                 "mc_items": 200, "lastword_items": 200, "ppl_docs": None, "models": "all", "sizes": None}
     micro_raw["zeroshot"] = {"tasks": "cast9"}
     with pytest.raises(ConfigError, match="zeroshot.tasks"):
         resolve_config(micro_raw)

@@ -13,7 +13,7 @@ from ..config import lambda_for_budget
 from ..distill import distill_loss, teacher_targets
 from ..optim.adams import AdamS, alpha_t
 from ..sparsity import attach_ste_masks, hard_prune_, input_dim_of, prune_, weight_of
-from ..train import BlockSampler, make_scheduler, steps_for_budget, train
+from ..train import BlockSampler, make_scheduler, steps_for_budget, train_method
 from ..weight_scaling import attach_scales, fold_, fold_local_, scales_of
 
 
@@ -106,7 +106,6 @@ def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, t
         loss, ce, kl = distill_loss(s_logits, None, ids, eta, temp, targets=soft)
         return loss, {"ce": ce.detach(), **({"kl": kl.detach()} if kl is not None else {})}
 
-    history = []
 
     def scale_mean() -> float:
         if not strat.sharded:
@@ -119,14 +118,11 @@ def train_sparse(model, targets, cfg, mcfg, *, masked_forward, decay, teacher, t
         st = {**adams.mask_stats(), "train/alpha": alpha_t(done, steps, mcfg["alpha_indexing"])}
         if scales:
             st["scale/mean"] = scale_mean()
-        history.append({"step": done, **st})
         return st
 
-    log = (lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None
-    last = train(model, opt, sched, sampler, steps, loss_fn, accelerator=accelerator, grad_clip=tcfg["grad_clip"],
-                 grad_accum=tcfg["grad_accum"], ckpt_dir=ckpt_dir, ckpt_every=tcfg["checkpoint_every"],
-                 log_every=tcfg["log_every"], on_log=log, stats_fn=stats, desc=f"{method}", fingerprint=fingerprint,
-                 checkpointer=strat.checkpointer)
+    last, history = train_method(model, opt, sched, sampler, steps, loss_fn, tcfg=tcfg, accelerator=accelerator,
+                                 ckpt_dir=ckpt_dir, tracker=tracker, stats=stats, method=method,
+                                 fingerprint=fingerprint, checkpointer=strat.checkpointer)
     masks = {name: adams.state[strat.local(weight_of(mod))]["mask"] for name, mod in targets.items()}
     if strat.sharded:  # Alg. 2 l.21 then l.20 on the local shards, then one full copy on rank 0
         fold_local_(targets, strat.local)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..distill import distill_loss, teacher_targets
+from ..train import BlockSampler, make_scheduler
 
 
 def options(mcfg: dict, defaults: dict) -> dict:
@@ -62,6 +63,18 @@ def freeze(model: nn.Module):
         for p, flag in flags:
             p.requires_grad_(flag)
     return restore
+
+
+def prepared_adam(model, params, lr: float, cfg: dict, steps: int, tokens, accelerator):
+    """Adam over the method's own parameters with the train.* betas/eps and schedule, this process's
+    share of the batches, model and optimizer prepared: (model, optimizer, scheduler, sampler)."""
+    tcfg = cfg["train"]
+    opt = torch.optim.Adam(params, lr=lr, betas=tuple(tcfg["betas"]), eps=tcfg["eps"])
+    sched = make_scheduler(opt, tcfg["lr_schedule"], tcfg["warmup_steps"], steps, tcfg["min_lr_ratio"])
+    sampler = BlockSampler(tokens, tcfg["seqlen"], tcfg["batch_size"], cfg["seed"], accelerator.process_index,
+                           accelerator.num_processes)
+    model, opt = accelerator.prepare(model, opt)
+    return model, opt, sched, sampler
 
 
 def distill_fn(teacher, eta: float, temperature: float):

@@ -55,9 +55,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..sparsity import SparsityError, count_violations, input_dim_of, nm_groups, param_mask, weight_of
-from ..train import BlockSampler, make_scheduler, steps_for_budget, train
+from ..train import steps_for_budget, train_method
 from . import get
-from .gates import StepClock, distill_fn, freeze, linear, options
+from .gates import StepClock, distill_fn, freeze, linear, options, prepared_adam
 
 DEFAULTS = get("maskllm").defaults()  # the registry's (cast/methods/__init__.py)
 PRIORS = ("magnitude", "wanda", "sparsegpt", "none")
@@ -224,11 +224,7 @@ def train_maskllm(model, targets, cfg, mcfg, *, teacher, tokens, budget, method,
     clock = StepClock(steps, cfg["seed"])
     schedule = Schedule(clock, (o["gumbel_tau_start"], o["gumbel_tau_end"]), (o["kappa_start"], o["kappa_end"]))
     params = attach_masks(targets, n, m, schedule, priors, o["prior_strength"], o["logit_init_std"], cfg["seed"])
-    opt = torch.optim.Adam([p.logits for p in params.values()], lr=mask_lr, betas=tuple(tcfg["betas"]), eps=tcfg["eps"])
-    sched = make_scheduler(opt, tcfg["lr_schedule"], tcfg["warmup_steps"], steps, tcfg["min_lr_ratio"])
-    sampler = BlockSampler(tokens, tcfg["seqlen"], tcfg["batch_size"], cfg["seed"], accelerator.process_index,
-                           accelerator.num_processes)
-    model, opt = accelerator.prepare(model, opt)
+    model, opt, sched, sampler = prepared_adam(model, [p.logits for p in params.values()], mask_lr, cfg, steps, tokens, accelerator)
     distill = distill_fn(teacher, o["eta"], o["temperature"])
 
     def loss_fn(student, ids):
@@ -238,17 +234,11 @@ def train_maskllm(model, targets, cfg, mcfg, *, teacher, tokens, budget, method,
         lam = o["weight_reg"] * (1 - clock.progress)  # Sec. 3.3, removed linearly (public scripts)
         return loss - lam * reg, {**parts, "mask_reg": reg.detach()}
 
-    history = []
+    def stats(_done):
+        return {**mask_stats(params), "mask/tau": schedule.tau, "mask/kappa": schedule.kappa}
 
-    def stats(done):
-        st = {**mask_stats(params), "mask/tau": schedule.tau, "mask/kappa": schedule.kappa}
-        history.append({"step": done, **st})
-        return st
-
-    log = (lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None
-    last = train(model, opt, sched, sampler, steps, loss_fn, accelerator=accelerator, grad_clip=tcfg["grad_clip"],
-                 grad_accum=tcfg["grad_accum"], ckpt_dir=ckpt_dir, ckpt_every=tcfg["checkpoint_every"],
-                 log_every=tcfg["log_every"], on_log=log, stats_fn=stats, desc=f"{method}", fingerprint=fingerprint)
+    last, history = train_method(model, opt, sched, sampler, steps, loss_fn, tcfg=tcfg, accelerator=accelerator,
+                                 ckpt_dir=ckpt_dir, tracker=tracker, stats=stats, method=method, fingerprint=fingerprint)
     model = accelerator.unwrap_model(model)
     final = mask_stats(params)
     masks = export_(targets, params)

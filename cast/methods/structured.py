@@ -70,9 +70,9 @@ from torch import nn
 from ..errors import ConfigError
 from ..perplexity import forward_ms
 from ..sparsity import input_dim_of
-from ..train import BlockSampler, make_scheduler, steps_for_budget, train
+from ..train import steps_for_budget, train_method
 from . import get
-from .gates import StepClock, distill_fn, freeze, geometric, hard_topk, options, soft_topk
+from .gates import StepClock, distill_fn, freeze, geometric, hard_topk, options, prepared_adam, soft_topk
 
 DEFAULTS = get("ddp_struct").defaults()  # the registry's (cast/methods/__init__.py)
 LLAMA_LIKE = ("llama", "qwen2", "mistral")
@@ -343,28 +343,16 @@ def train_structured(model, targets, cfg, mcfg, *, teacher, tokens, budget, meth
     restore = freeze(model)
     clock = StepClock(steps, cfg["seed"])
     ctl = GateController(model, arch, counts, o, clock)
-    opt = torch.optim.Adam(ctl.parameters(), lr=gate_lr, betas=tuple(tcfg["betas"]), eps=tcfg["eps"])
-    sched = make_scheduler(opt, tcfg["lr_schedule"], tcfg["warmup_steps"], steps, tcfg["min_lr_ratio"])
-    sampler = BlockSampler(tokens, tcfg["seqlen"], tcfg["batch_size"], cfg["seed"], accelerator.process_index,
-                           accelerator.num_processes)
-    model, opt = accelerator.prepare(model, opt)
+    model, opt, sched, sampler = prepared_adam(model, ctl.parameters(), gate_lr, cfg, steps, tokens, accelerator)
     distill = distill_fn(teacher, o["eta"], o["temperature"])
 
     def loss_fn(student, ids):
         clock.tick(sched.last_epoch)  # the gates' schedule follows the checkpointed step
         return distill(student, ids)
 
-    history = []
-
-    def stats(done):
-        st = ctl.stats()
-        history.append({"step": done, **st})
-        return st
-
-    log = (lambda step, metrics: tracker.log_metrics(metrics, step)) if tracker else None
-    last = train(model, opt, sched, sampler, steps, loss_fn, accelerator=accelerator, grad_clip=tcfg["grad_clip"],
-                 grad_accum=tcfg["grad_accum"], ckpt_dir=ckpt_dir, ckpt_every=tcfg["checkpoint_every"],
-                 log_every=tcfg["log_every"], on_log=log, stats_fn=stats, desc=f"{method}", fingerprint=fingerprint)
+    last, history = train_method(model, opt, sched, sampler, steps, loss_fn, tcfg=tcfg, accelerator=accelerator,
+                                 ckpt_dir=ckpt_dir, tracker=tracker, stats=lambda _done: ctl.stats(), method=method,
+                                 fingerprint=fingerprint)
     model = accelerator.unwrap_model(model)
     small = export_smaller(model, ctl).to("cpu")
     ctl.remove()
