@@ -210,8 +210,8 @@ def _strategies(cfg: dict) -> None:
     from . import plan
 
     plan.check(cfg)
-    if cfg["run"]["group"] == "method" and (cfg["train"]["processes"], cfg["train"]["nodes"]) != (1, 1):
-        raise ConfigError("config key 'run.group': 'method' runs a method's trainings in turn in one process; "
+    if cfg["run"]["group"] != "model" and (cfg["train"]["processes"], cfg["train"]["nodes"]) != (1, 1):
+        raise ConfigError(f"config key 'run.group': {cfg['run']['group']!r} runs trainings in turn in one process; "
                           f"train.processes={cfg['train']['processes']}, train.nodes={cfg['train']['nodes']} "
                           "need their own launch (run.group: model)")
 

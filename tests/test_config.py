@@ -126,7 +126,7 @@ def test_pretrained_checkpoint_is_not_trained(micro_raw, tmp_path, llama_factory
         resolve_config(micro_raw)
 
 
-@pytest.mark.parametrize("path,value,needle", BAD, ids=[f"{p}={v!r}"[:40] for p, v, _ in BAD])
+@pytest.mark.parametrize("path,value,needle", BAD, ids=[f"{p}={'<deleted>' if v is _DELETE else repr(v)}"[:40] for p, v, _ in BAD])
 def test_bad_config_names_the_key(micro_raw, path, value, needle):
     raw = copy.deepcopy(micro_raw)
     if path == "data.files":

@@ -151,17 +151,28 @@ def test_held_out_domains_are_scored_with_bits_per_byte(micro_data, micro_teache
     assert res["documents"] == {"train": 27, "test": 3} and res["bytes"]["test"] > 1000
 
 
-def test_grouped_jobs_name_their_own_size_and_method(micro_raw, tmp_path):
-    """run.group: method and evaluate.group: size make rules in a loop: each job's command carries its
-    own size, method and runs, and every folder is evaluated exactly once. (A dry run prints the shell
-    string as made; a loop value read when the job runs shows only in a real run: tests/test_pipeline.py.)"""
+GROUPED = {
+    "method": {"sparsify_xs_cast": ("xs", "cast/8k cast/16k"), "sparsify_s_cast": ("s", "cast/8k cast/16k cast/16k_r1"),
+               "sparsify_xs_magnitude": ("xs", "magnitude/0"), "sparsify_s_magnitude": ("s", "magnitude/0"),
+               "sparsify_xs_srste": ("xs", "srste/16k"), "sparsify_s_srste": ("s", "srste/16k")},
+    "size": {"sparsify_xs": ("xs", "cast/8k cast/16k magnitude/0 srste/16k"),
+             "sparsify_s": ("s", "cast/8k cast/16k cast/16k_r1 magnitude/0 srste/16k")},
+}
+
+
+@pytest.mark.parametrize("group", sorted(GROUPED))
+def test_grouped_jobs_name_their_own_size_and_runs(micro_raw, tmp_path, group):
+    """run.group: method or size and evaluate.group: size make rules in a loop: each job's command
+    carries its own size and method/run labels, and every folder is evaluated exactly once. (A dry run
+    prints the shell string as made; a loop value read when the job runs shows only in a real run:
+    tests/test_pipeline.py.)"""
     import re
     import subprocess
     import sys
 
     from conftest import REPO, user_env
 
-    micro_raw["run"].update(methods=["cast", "magnitude", "srste"], budgets=["8k", "16k"], group="method",
+    micro_raw["run"].update(methods=["cast", "magnitude", "srste"], budgets=["8k", "16k"], group=group,
                             replicates={"count": 2, "methods": ["cast"], "sizes": ["s"]})
     micro_raw["evaluate"].update(group="size", shards=2)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(micro_raw))
@@ -169,11 +180,9 @@ def test_grouped_jobs_name_their_own_size_and_method(micro_raw, tmp_path):
                            "--configfile", str(tmp_path / "cfg.yaml"), "--directory", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, env=user_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
-    cmds = {name: re.search(r"--size (\S+) --method (\S+) .* --data \S+ (.*?) >", c).groups() for name, c in
+    cmds = {name: re.search(r"sparsify-group .*--size (\S+) --teacher \S+ --data \S+ (.*?) >", c).groups() for name, c in
             re.findall(r"rule (sparsify_\w+):.*?\nShell command: ([^\n]*)", proc.stdout, re.S)}
-    assert cmds == {"sparsify_xs_cast": ("xs", "cast", "8k 16k"), "sparsify_s_cast": ("s", "cast", "8k 16k 16k_r1"),
-                    "sparsify_xs_magnitude": ("xs", "magnitude", "0"), "sparsify_s_magnitude": ("s", "magnitude", "0"),
-                    "sparsify_xs_srste": ("xs", "srste", "16k"), "sparsify_s_srste": ("s", "srste", "16k")}
+    assert cmds == GROUPED[group]
     evaluated = re.findall(r"evaluate-group .*?--data \S+ (?:--tasks-dir \S+ )?(.*?) >", proc.stdout)
     folders = [f for line in evaluated for f in line.split()]
     assert len(evaluated) == 4 and sorted(folders) == sorted(set(folders))

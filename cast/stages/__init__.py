@@ -107,13 +107,13 @@ STAGES = {s.name: s for s in (
           metrics=(("sparsify/wall_s", "wall_s"), ("sparsify/target_sparsity", "target_sparsity"),
                    ("sparsify/nm_violations", "nm_violations"), ("tokens", "tokens")),
           headline=("tokens", "target_sparsity", "nm_violations", "wall_s"), artifacts=("mask_stats.json",)),
-    Stage("sparsify-group", "one method's runs at one size (budgets, seeds) in one process (run.group: method)",
-          "Runs `cast sparsify` for each run label (a budget, `_r{k}` for the k-th extra seed) in turn, paying the "
-          "imports once: one folder, result.json and MLflow run per run.",
-          "cast sparsify-group --config cfg.yaml --size s --method cast --teacher results/s/teacher/model "
-          "--data results/data/bpe 16k 64k 64k_r1", "cast.stages.sparsify:group_cli",
-          (SIZE, Arg("--method", "a name under `methods:` in the config"), Arg("--teacher", "dense teacher model folder"),
-           DATA, Arg("runs", "run labels: a budget (0 for one-shot methods), `_r{k}` appended for seed + k", nargs="+")),
+    Stage("sparsify-group", "several runs at one size in one process (run.group: method or size)",
+          "Runs `cast sparsify` for each METHOD/RUN in turn (RUN: a budget, 0 for one-shot methods, `_r{k}` "
+          "appended for the k-th extra seed), paying the imports once: one folder, result.json and MLflow run per run.",
+          "cast sparsify-group --config cfg.yaml --size s --teacher results/s/teacher/model "
+          "--data results/data/bpe cast/16k cast/64k cast/64k_r1 magnitude/0", "cast.stages.sparsify:group_cli",
+          (SIZE, Arg("--teacher", "dense teacher model folder"),
+           DATA, Arg("runs", "METHOD/RUN labels (as the results folders under the size)", nargs="+")),
           job=False, result=False),
     Stage("evaluate", "perplexity (and zero-shot through lm-eval) of a model folder",
           "Perplexity with the WikiText-2 protocol (joined split, non-overlapping windows) at every "

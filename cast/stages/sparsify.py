@@ -81,8 +81,9 @@ def cli(cfg: dict, args, tracker=None) -> dict:
 
 
 def group_cli(cfg: dict, args, _tracker=None) -> int:
-    """`cast sparsify-group` (run.group: method): one method's runs at one size (its budgets and seeds)
-    in one process, which pays the imports once; one MLflow run and one folder per run, as `cast sparsify`."""
+    """`cast sparsify-group` (run.group: method or size): runs at one size, each `method/run` (a budget,
+    `_r{k}` for seed + k), in one process, which pays the imports once; one MLflow run and one folder
+    per run, as `cast sparsify`."""
     from ..cli import run_job
     from ..config import results_dir
     from ..jobs import job_config
@@ -91,7 +92,8 @@ def group_cli(cfg: dict, args, _tracker=None) -> int:
 
     L = Layout(results_dir(cfg))
     for label in args.runs:
-        p = Prefix(args.size, args.method, **Prefix.parse_run(label))
+        method, _, run_label = label.partition("/")
+        p = Prefix(args.size, method, **Prefix.parse_run(run_label))
         run_job(cfg, STAGES["sparsify"], {k: str(v) for k, v in p.tags().items()}, job_config(cfg, "sparsify", **p.job_wildcards()),
                 lambda tr, p=p: run(cfg, p.size, p.method, p.budget, args.teacher, args.data, L.folder(p), tracker=tr,
                                     replicate=p.replicate), L.result(p), out=L.folder(p))

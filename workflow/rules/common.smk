@@ -142,14 +142,14 @@ def run_wildcards(w):
     return Prefix(w.size, w.method, **Prefix.parse_run(w.run)).job_wildcards()
 
 
-def method_groups():
-    """(size, method) pairs of run.group: method, one sparsify job each."""
-    return list(dict.fromkeys((p.size, p.method) for p in sparse_prefixes()))
-
-
-def method_prefixes(size, method):
-    """The sparse models of one (size, method): its budgets and seeds."""
-    return [p for p in sparse_prefixes() if (p.size, p.method) == (size, method)]
+def sparse_groups():
+    """{job name: (size, sparse models)} of run.group: method (a method's budgets and seeds at one
+    size) or size (every method's runs at one size), one sparsify job each."""
+    groups = {}
+    for p in sparse_prefixes():
+        name = p.size if CFG["run"]["group"] == "size" else f"{p.size}_{p.method}"
+        groups.setdefault(name, (p.size, []))[1].append(p)
+    return groups
 
 
 def gpus(size, training=False, processes=1):

@@ -1,5 +1,6 @@
 # Sparse models: one job per model folder (run.group: model), or one job per (size, method) running
-# its budgets and seeds in one process (run.group: method; ~6 s of imports saved per run). Either way
+# its budgets and seeds in one process (run.group: method), or per size running all its methods
+# (run.group: size); a grouped job saves ~6 s of imports per run. Either way
 # one folder, result.json and MLflow run per sparse model. A rule made in a loop reads its loop values
 # from params (fixed when the rule is made), never from the shell string (run later, after the loop).
 if CFG["run"]["group"] == "model":
@@ -32,33 +33,33 @@ if CFG["run"]["group"] == "model":
             "--out {params.out} --result {output.result} > {log} 2>&1"
 
 else:
-    for _size, _method in method_groups():
+    for _name, (_size, _runs) in sparse_groups().items():
 
         rule:
             name:
-                f"sparsify_{_size}_{_method}"
+                f"sparsify_{_name}"
             input:
                 flag=L.mlflow_flag,
                 data=data_of(_size),
                 teacher=L.model(teacher(_size)),
             output:
-                models=[directory(L.model(p)) for p in method_prefixes(_size, _method)],
-                stats=[L.mask_stats(p) for p in method_prefixes(_size, _method)],
-                results=[L.result(p) for p in method_prefixes(_size, _method)],
+                models=[directory(L.model(p)) for p in _runs],
+                stats=[L.mask_stats(p) for p in _runs],
+                results=[L.result(p) for p in _runs],
             params:
                 cast=launcher(1),
-                job=f"--size {_size} --method {_method}",
-                runs=" ".join(p.run for p in method_prefixes(_size, _method)),
-                fingerprint=[fingerprint(CFG, "sparsify", **p.job_wildcards()) for p in method_prefixes(_size, _method)],
+                size=_size,
+                runs=" ".join(f"{p.method}/{p.run}" for p in _runs),
+                fingerprint=[fingerprint(CFG, "sparsify", **p.job_wildcards()) for p in _runs],
             log:
-                L.logs / f"sparsify/{_size}_{_method}.log",
+                L.logs / f"sparsify/{_name}.log",
             benchmark:
-                L.benchmarks / f"sparsify/{_size}_{_method}.tsv"
+                L.benchmarks / f"sparsify/{_name}.tsv"
             threads: CFG["threads"]
             resources:
-                gpu=gpus(_size, method_kind(_method) == "train"),
+                gpu=gpus(_size, any(method_kind(p.method) == "train" for p in _runs)),
             conda:
                 "../../envs/cast.yaml"
             shell:
-                '{params.cast} sparsify-group --config "$CAST_CONFIG" {params.job} --teacher {input.teacher} '
+                '{params.cast} sparsify-group --config "$CAST_CONFIG" --size {params.size} --teacher {input.teacher} '
                 "--data {input.data} {params.runs} > {log} 2>&1"
