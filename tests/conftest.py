@@ -35,6 +35,17 @@ def micro_cfg(micro_raw) -> dict:
     return resolve_config(micro_raw)
 
 
+# `make test` runs two pytest-xdist workers, one test file each at a time (--dist loadfile): the files
+# with the longest runs go first so that the rest fill the other worker meanwhile.
+FIRST = ("test_pipeline.py", "test_readme.py", "test_slurm.py", "test_fsdp.py", "test_resume.py", "test_ddp.py",
+         "test_faults.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: the order within a file is kept
+
+
 @pytest.fixture(scope="session")
 def micro_data(tmp_path_factory) -> tuple[dict, Path]:
     """The data stage of the micro config, run once per session: (resolved cfg, data dir)."""

@@ -23,10 +23,11 @@ def _env():
 
 
 @pytest.mark.slow
-def test_planned_peak_is_within_30_percent_of_the_measured_one():
+def test_planned_peak_is_within_15_percent_of_the_measured_one():
     """One process, CAST (teacher, scales, AdamS foreach), a 12M-parameter LLaMA at 8 x 128 tokens:
-    the resident-size peak over the run, every block of 64 kB or more mapped and unmapped by glibc
-    (MALLOC_MMAP_THRESHOLD_), so the resident size follows the live tensors."""
+    the allocator's peak of live tensor bytes over the run (the profiler's memory events). The
+    resident-size growth it also prints depends on the machine: 398-407 MB here, 528 MB on the CI
+    machine, for 422 MB planned and a 385 MB allocator peak."""
     env = {**_env(), "MALLOC_MMAP_THRESHOLD_": "65536", "CAST_NO_TQDM": "1"}
     out = subprocess.run([sys.executable, str(REPO / "tests" / "plan_peak.py")], env=env, capture_output=True, text=True,
                          timeout=600)
@@ -34,9 +35,7 @@ def test_planned_peak_is_within_30_percent_of_the_measured_one():
     got = json.loads(out.stdout.strip().splitlines()[-1])
     planned, measured = got["planned"], got["measured"]
     assert measured > 200e6  # the run, not noise: weights + moments + teacher alone are ~160 MB
-    # CPU kernels' scratch space differs by machine (398 MB measured here, 528 MB on the CI machine for 422 MB
-    # planned): the planner's budget is for GPUs, so the CPU check allows 30%
-    assert abs(planned - measured) <= 0.30 * measured, got
+    assert abs(planned - measured) <= 0.15 * measured, got
     assert got["parts"]["activations"] > got["parts"]["temporaries"] > 0  # the compute phase is the peak here
 
 
