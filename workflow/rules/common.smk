@@ -152,6 +152,13 @@ def sparse_groups():
     return groups
 
 
+def size_priority(size):
+    """Scheduling priority of a size's jobs: its place in run.sizes (listed small to large), so the
+    largest size's chain (teacher, sparsify, evaluate), the longest, starts first and the smaller
+    sizes fill the other cores."""
+    return CFG["run"]["sizes"].index(size) if size in CFG["run"]["sizes"] else 0
+
+
 def gpus(size, training=False, processes=1):
     """GPUs a job asks a cluster for (`resources: gpu`, e.g. the SLURM profile's --gpus): training
     jobs one per process; inference (one-shot pruning, evaluation, quantization) one for a pretrained

@@ -22,6 +22,7 @@ if CFG["evaluate"]["group"] == "model":
         benchmark:
             L.benchmarks / "evaluate/{prefix}.tsv"
         threads: CFG["threads"]
+        priority: lambda w: size_priority(Prefix.parse(w.prefix).size)
         resources:
             gpu=lambda w: gpus(Prefix.parse(w.prefix).size),
         conda:
@@ -55,6 +56,7 @@ else:
                 benchmark:
                     L.benchmarks / f"evaluate/{_size}_{_k}.tsv"
                 threads: CFG["threads"]
+                priority: size_priority(_size)
                 resources:
                     gpu=gpus(_size),
                 conda:

@@ -24,6 +24,7 @@ if CFG["run"]["group"] == "model":
         benchmark:
             L.benchmarks / "sparsify/{size}_{method}_{run}.tsv"
         threads: lambda w: CFG["threads"] * (CFG["train"]["processes"] if method_kind(w.method) == "train" else 1)
+        priority: lambda w: size_priority(w.size)
         resources:
             **job_resources("train", lambda w: w.size, lambda w: method_kind(w.method) == "train"),
         conda:
@@ -56,6 +57,7 @@ else:
             benchmark:
                 L.benchmarks / f"sparsify/{_name}.tsv"
             threads: CFG["threads"]
+            priority: size_priority(_size)
             resources:
                 gpu=gpus(_size, any(method_kind(p.method) == "train" for p in _runs)),
             conda:
