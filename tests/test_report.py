@@ -69,7 +69,7 @@ def _fake_evaluate(cfg, args, tr):
     for d, f in DOMAINS.items():
         metrics[KEY.format(d)] = ppl * f
         metrics[f"bpb/{d}_test/s64"] = math.log2(ppl * f) / 4
-    if not (p.finetune or p.quant):
+    if not (p.finetune or p.quant or p.replicate):  # zero-shot on the first seed only, as the default
         acc = 0.5 - ppl / 1000
         metrics.update({"zs/cast_mc/acc": acc, "zs/cast_mc/acc_stderr": 0.05, "zs/cast_lastword/acc": 0.0,
                         "zs/cast_lastword/acc_stderr": 0.0, "zs/cast_ppl/word_perplexity": 1e4})
@@ -286,6 +286,9 @@ def test_tables_show_what_varies(pipeline):
     assert f"{wiki_ppl('m', 'cast', '64k', 1):.2f} |" in row  # fixed decimals, right-aligned (pipe after the number)
     assert "---:|" in md.splitlines()[1]
     zs = (T / "zeroshot.md").read_text()
+    scored = pd.read_csv(T / "zeroshot.csv", dtype=str)  # only the models zero-shot scored: no replicate rows
+    assert len(scored) == (models["replicate"] == 0).sum() - (models["finetune"] != "-").sum() - (models["quant"] != "-").sum()
+    assert set(scored["replicate"]) == {"0"}
     assert "cast_mc acc" in zs and " ± 0.050" in zs and "cast_lastword" not in zs.splitlines()[0]
     assert "cast_lastword acc = 0.000" in zs and "word_perplexity" not in zs
     html = (T / "ppl.html").read_text()

@@ -99,8 +99,9 @@ def purpose_tables(df, cfg: dict) -> dict:
     plain = df[(df["finetune"] == "-") & (df["quant"] == "-")]
     out = {"ppl": (plain[ids + ["tokens"] + ppl_columns(plain, cfg) + ["unigram_ppl"]], ids)}
     zs = zeroshot_columns(plain)
-    if zs:
-        out["zeroshot"] = (plain[ids + zs], ids)
+    if zs:  # only the models that were scored (zeroshot.models / zeroshot.sizes)
+        scored = plain[plain[zs].notna().any(axis=1)]
+        out["zeroshot"] = (scored[ids + zs], ids)
     model = ["size", "method", "budget", "replicate"]
     for name in ("quant", "finetune"):
         groups = df[df[name] != "-"][model + (["finetune"] if name == "quant" else [])].drop_duplicates()
