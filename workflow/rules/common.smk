@@ -154,8 +154,8 @@ def sparse_groups():
 
 def size_priority(size):
     """Scheduling priority of a size's jobs: its place in run.sizes (listed small to large), so the
-    largest size's chain (teacher, sparsify, evaluate), the longest, starts first and the smaller
-    sizes fill the other cores."""
+    largest size's chain (teacher, sparsify, quantize, finetune, evaluate), the longest, starts first
+    and the smaller sizes fill the other cores."""
     return CFG["run"]["sizes"].index(size) if size in CFG["run"]["sizes"] else 0
 
 

@@ -16,6 +16,7 @@ rule downstream:
     benchmark:
         L.benchmarks / "downstream/{dataset}_{tok}.tsv"
     threads: CFG["threads"]
+    priority: len(CFG["run"]["sizes"])  # short, and every size's evaluation waits for it
     conda:
         "../../envs/cast.yaml"
     shell:
@@ -47,6 +48,7 @@ rule finetune:
     benchmark:
         L.benchmarks / "finetune/{base}/{dataset}.tsv"
     threads: CFG["threads"] * CFG["train"]["processes"]
+    priority: lambda w: size_priority(Prefix.parse(w.base).size)
     resources:
         **job_resources("train", lambda w: Prefix.parse(w.base).size),
     conda:

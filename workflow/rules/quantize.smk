@@ -21,6 +21,7 @@ rule quantize:
     benchmark:
         L.benchmarks / "quantize/{base}/{scheme}.tsv"
     threads: CFG["threads"]
+    priority: lambda w: size_priority(Prefix.parse(w.base).size)
     resources:
         gpu=lambda w: gpus(Prefix.parse(w.base).size),
     conda:

@@ -14,6 +14,7 @@ rule tasks:
     benchmark:
         L.benchmarks / "tasks.tsv"
     threads: 1
+    priority: len(CFG["run"]["sizes"])  # short, and the zero-shot evaluations wait for it
     conda:
         "../../envs/cast.yaml"
     shell:
