@@ -19,7 +19,9 @@ from ..io import read_json
 from ..layout import Layout, Prefix, parse_tokens
 from ..report.format import METRIC_RE, frame_table
 
-RESULT_KEYS = ("avg_bits", "rel_weight_err")  # a quantized folder's result.json figures kept in the tables
+# result.json figures kept in the tables: a quantized folder's bits and weight error; a structured
+# export's real parameter count and its forward time relative to the dense teacher (measured in the job)
+RESULT_KEYS = ("avg_bits", "rel_weight_err", "params_kept", "forward_time_ratio")
 
 
 def collect(cfg: dict, prefixes: list[str]):
