@@ -92,8 +92,7 @@ def group_cli(cfg: dict, args, _tracker=None) -> int:
 
     L = Layout(results_dir(cfg))
     for label in args.runs:
-        method, _, run_label = label.partition("/")
-        p = Prefix(args.size, method, **Prefix.parse_run(run_label))
+        p = Prefix.parse(f"{args.size}/{label}")  # the label is the folder under the size: method/run
         run_job(cfg, STAGES["sparsify"], {k: str(v) for k, v in p.tags().items()}, job_config(cfg, "sparsify", **p.job_wildcards()),
                 lambda tr, p=p: run(cfg, p.size, p.method, p.budget, args.teacher, args.data, L.folder(p), tracker=tr,
                                     replicate=p.replicate), L.result(p), out=L.folder(p))

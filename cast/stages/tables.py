@@ -19,9 +19,11 @@ from ..io import read_json
 from ..layout import Layout, Prefix, parse_tokens
 from ..report.format import METRIC_RE, frame_table
 
-# result.json figures kept in the tables: a quantized folder's bits and weight error; a structured
-# export's real parameter count and its forward time relative to the dense teacher (measured in the job)
-RESULT_KEYS = ("avg_bits", "rel_weight_err", "params_kept", "forward_time_ratio")
+# result.json figures kept in the tables: a quantized folder's bits and weight error (also columns of
+# the quant table); a structured export's real parameter count and its forward time relative to the
+# dense teacher (measured in the job; models.csv only)
+QUANT_KEYS = ("avg_bits", "rel_weight_err")
+RESULT_KEYS = (*QUANT_KEYS, "params_kept", "forward_time_ratio")
 
 
 def collect(cfg: dict, prefixes: list[str]):
@@ -111,7 +113,7 @@ def purpose_tables(df, cfg: dict) -> dict:
             continue
         rows = df if name == "quant" else df[df["quant"] == "-"]
         table = ordered(pd.merge(rows, groups, on=list(groups.columns)), cfg)
-        extra = [k for k in RESULT_KEYS if k in table.columns] if name == "quant" else ["tokens"]
+        extra = [k for k in QUANT_KEYS if k in table.columns] if name == "quant" else ["tokens"]
         out[name] = (table[ids + ["finetune", "quant"] + extra + ppl_columns(table, cfg)], ids + [name])
     return out
 
