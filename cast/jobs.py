@@ -26,6 +26,16 @@ TASK_KEYS = ("mc_items", "lastword_items", "ppl_docs")  # what the `tasks` job b
 FINETUNE_TRAIN_KEYS = ("betas", "eps", "precision", "teacher_dtype", "processes", "log_every")
 
 
+PER_SIZE = {("run", "group"): "method", ("evaluate", "shards"): 1}  # keys also given per size; unlisted sizes get this
+
+
+def per_size(cfg: dict, sec: str, key: str, size: str):
+    """cfg[sec][key], a setting given once or per size ({size: value}, PER_SIZE's value for a size
+    the mapping leaves out)."""
+    value = cfg[sec][key]
+    return value.get(size, PER_SIZE[sec, key]) if isinstance(value, dict) else value
+
+
 def section(cfg: dict, key: str, keep: tuple | None = None) -> dict:
     """cfg[key] without its runtime-only and grid-selection keys (or only `keep`)."""
     drop = RUNTIME_ONLY.get(key, ()) + SELECTION.get(key, ())

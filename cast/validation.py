@@ -13,6 +13,7 @@ from pathlib import Path
 from . import methods as registry
 from .config import looks_local, method_sizes
 from .errors import ConfigError
+from .jobs import PER_SIZE
 
 
 def check_cross_fields(cfg: dict) -> None:
@@ -59,6 +60,11 @@ def check_grid(cfg: dict) -> None:
         for i, size in enumerate(sizes):
             if size not in run["sizes"]:
                 raise _unknown(f"run.method_sizes.{name}.{i}", size, "run.sizes", run["sizes"])
+    for sec, key in PER_SIZE:
+        if isinstance(cfg[sec][key], dict):
+            for size in cfg[sec][key]:
+                if size not in cfg["models"]:
+                    raise _unknown(f"{sec}.{key}.{size}", size, "models", cfg["models"])
     law = cfg["scaling_law"]["method"]
     if law is None:  # no fit
         return

@@ -42,7 +42,7 @@ def build(cfg: dict, out_dir: str | Path) -> dict:
         doc.p(f"No results table ({L.tables / 'models.csv'} missing): run `cast table` first.", "note")
     else:
         summary = details.headline_section(doc, cfg, df, L)
-    details.tables_section(doc, L)
+    details.tables_section(doc, L, cfg)
     scaling.section(doc, L)
     details.curves_section(doc, cfg)
     details.attribution_section(doc, cfg, L)

@@ -47,13 +47,17 @@ def headline_section(doc, cfg: dict, df, L) -> str:
     return summary
 
 
-def tables_section(doc, L) -> None:
-    """The purpose tables of `cast table` (their HTML fragments are rebuilt from the CSVs here)."""
+def tables_section(doc, L, cfg: dict) -> None:
+    """The purpose tables of `cast table` (their HTML fragments are rebuilt from the CSVs here); a
+    line saying so when zero-shot was switched off."""
     import pandas as pd
 
     from ..stages.tables import readable
 
     doc.h(2, "Tables", "tables")
+    if not cfg["zeroshot"]["enabled"]:
+        doc.p("Zero-shot: off in this run (zeroshot.enabled: false); perplexity only. The embedded default "
+              "leaves it off to stay within 15 minutes on 2 cores; the overlay config/zeroshot.yaml turns it on.", "note")
     found = False
     for name, title in DETAIL_TABLES.items():
         csv = L.tables / f"{name}.csv"

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))  # the repo root holds the cast 
 from cast import methods as registry
 from cast import tokenizers
 from cast.config import ConfigError, config_hash, merge_configs, method_sizes, read_yaml, resolve_config
-from cast.jobs import fingerprint, zeroshot_wanted
+from cast.jobs import fingerprint, per_size, zeroshot_wanted
 from cast.zeroshot import needs_local, resolve_task_names
 from cast.layout import (BASE_RE, NAME_RE, PREFIX_RE, RUN_RE, Layout, Prefix, FINETUNE_PATTERN, QUANT_PATTERN,
                          SPARSE_PATTERN, TEACHER_PATTERN, sparse, teacher)
@@ -147,7 +147,7 @@ def sparse_groups():
     size) or size (every method's runs at one size), one sparsify job each."""
     groups = {}
     for p in sparse_prefixes():
-        name = p.size if CFG["run"]["group"] == "size" else f"{p.size}_{p.method}"
+        name = p.size if per_size(CFG, "run", "group", p.size) == "size" else f"{p.size}_{p.method}"
         groups.setdefault(name, (p.size, []))[1].append(p)
     return groups
 
@@ -265,7 +265,7 @@ def eval_shards(size):
     groups = {}
     for p in size_prefixes(size):
         groups.setdefault(p.method, []).append(p)
-    shards = [[] for _ in range(CFG["evaluate"]["shards"])]
+    shards = [[] for _ in range(per_size(CFG, "evaluate", "shards", size))]
     work = lambda ps: sum(1 + 4 * zeroshot_wanted(CFG, p) for p in ps)
     for method, ps in groups.items():
         min(shards, key=lambda sh: (method != "dense") * work(sh)).extend(ps)
