@@ -91,6 +91,8 @@ CONFIG_TIME = [
     ("zeroshot.sizes", ["l"], "zeroshot.sizes.0"),
     ("run.group", "method", "run.group"),  # with train.processes > 1 (set below)
     ("evaluate.shards", 0, "evaluate.shards"),
+    ("run.group", {"xl": "size"}, "run.group.xl"),  # a per-size setting for a size not in `models`
+    ("evaluate.shards", {"m": 2}, "evaluate.shards.m"),
 ]
 
 

@@ -157,7 +157,12 @@ GROUPED = {
                "sparsify_xs_srste": ("xs", "srste/16k"), "sparsify_s_srste": ("s", "srste/16k")},
     "size": {"sparsify_xs": ("xs", "cast/8k cast/16k magnitude/0 srste/16k"),
              "sparsify_s": ("s", "cast/8k cast/16k cast/16k_r1 magnitude/0 srste/16k")},
+    "per size": {"sparsify_xs": ("xs", "cast/8k cast/16k magnitude/0 srste/16k"),  # {xs: size}; s unlisted: method
+                 "sparsify_s_cast": ("s", "cast/8k cast/16k cast/16k_r1"), "sparsify_s_magnitude": ("s", "magnitude/0"),
+                 "sparsify_s_srste": ("s", "srste/16k")},
 }
+# (run.group, evaluate.shards) of each case: the same four evaluation jobs, given once or per size
+SETTINGS = {"method": ("method", 2), "size": ("size", 2), "per size": ({"xs": "size"}, {"s": 3})}
 
 
 @pytest.mark.parametrize("group", sorted(GROUPED))
@@ -172,9 +177,10 @@ def test_grouped_jobs_name_their_own_size_and_runs(micro_raw, tmp_path, group):
 
     from conftest import REPO, user_env
 
-    micro_raw["run"].update(methods=["cast", "magnitude", "srste"], budgets=["8k", "16k"], group=group,
+    run_group, shards = SETTINGS[group]
+    micro_raw["run"].update(methods=["cast", "magnitude", "srste"], budgets=["8k", "16k"], group=run_group,
                             replicates={"count": 2, "methods": ["cast"], "sizes": ["s"]})
-    micro_raw["evaluate"].update(group="size", shards=2)
+    micro_raw["evaluate"].update(group="size", shards=shards)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(micro_raw))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--snakefile", str(REPO / "Snakefile"),
                            "--configfile", str(tmp_path / "cfg.yaml"), "--directory", str(tmp_path)],

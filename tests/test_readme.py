@@ -98,3 +98,18 @@ def test_ablation_overlay_dry_run_from_the_repository_root(repo_clone):
     assert sum(counts.values()) - sum(job_counts(default.stdout).values()) == 3
     check = run("cast validate --config config/config.yaml --config config/ablations.yaml", repo_clone, timeout=120)
     assert check.returncode == 0 and "cast_srste:" in check.stdout, check.stderr[-2000:]
+
+
+def test_zeroshot_overlay_dry_run_from_the_repository_root(repo_clone):
+    """Quick start's overlay line with config/zeroshot.yaml, as a dry run (`-n` added): zero-shot is
+    off in the default (no `tasks` job) and the overlay switches it on (the tasks job, and the
+    largest size's evaluations, which score it)."""
+    (line,) = [c for c in commands(section("Quick start")) if "config/zeroshot.yaml" in c]
+    dry = line.replace("snakemake ", "snakemake -n ", 1)
+    proc = run(dry, repo_clone, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    counts = job_counts(proc.stdout)
+    default = job_counts(run(dry.replace(" config/ablations.yaml", "").replace(" config/zeroshot.yaml", ""),
+                             repo_clone, timeout=300).stdout)
+    assert counts.get("tasks") == 1 and "tasks" not in default, (counts, default)
+    assert {j for j in counts if j.startswith("evaluate_m_")} == {j for j in default if j.startswith("evaluate_m_")}

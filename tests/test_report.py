@@ -344,6 +344,21 @@ def test_every_figure_and_table_is_a_file_with_a_caption(pipeline, tmp_path):
     assert f"report {R.resolve() / 'index.html'}" in text and re.search(r"mlflow ui --backend-store-uri sqlite:///\S+", text)
 
 
+def test_tables_section_says_when_zero_shot_was_off(pipeline, tmp_path):
+    """The embedded default switches zero-shot off (config/zeroshot.yaml on): the report says so
+    above the tables, and says nothing of it when zero-shot ran."""
+    from cast.report import details
+    from cast.report.doc import Doc
+
+    cfg = pipeline["cfg"]
+    for enabled in (True, False):
+        doc = Doc(tmp_path / str(enabled))
+        details.tables_section(doc, pipeline["L"], {**cfg, "zeroshot": {**cfg["zeroshot"], "enabled": enabled}})
+        md = "".join(doc.md)
+        assert ("Zero-shot: off" in md) is (not enabled) and ("config/zeroshot.yaml" in md) is (not enabled)
+        assert "### Perplexity of every model" in md or "Perplexity of every model" in md
+
+
 def test_training_curves_plot_method_by_colour_budget_by_style(pipeline):
     """The figure's lines: one colour per method, one style per budget, x in tokens."""
     import matplotlib

@@ -58,14 +58,16 @@ def run(cfg: dict, model_dir: str | Path, data_dir: str | Path, tasks_dir: str |
             if bpb is not None:
                 metrics[ppl_key(cfg, s, "bpb")] = bpb
             details[key] = r
-        import numpy as np
+        if cfg["evaluate"]["timing_runs"]:
+            import numpy as np
 
-        from ..data import blocks
-        from ..perplexity import forward_ms
+            from ..data import blocks
+            from ..perplexity import forward_ms
 
-        ids = torch.from_numpy(np.asarray(blocks(tokens, cfg["evaluate"]["ppl_seqlens"][0])[:cfg["evaluate"]["batch_size"]],
-                                          dtype=np.int64)).to(dev)
-        metrics["speed/forward_ms"] = forward_ms(model, ids)  # one batch, median of 5: the export's CPU/GPU cost
+            ids = torch.from_numpy(np.asarray(blocks(tokens, cfg["evaluate"]["ppl_seqlens"][0])[:cfg["evaluate"]["batch_size"]],
+                                              dtype=np.int64)).to(dev)
+            # one batch, median of timing_runs: the export's CPU/GPU cost
+            metrics["speed/forward_ms"] = forward_ms(model, ids, cfg["evaluate"]["timing_runs"])
         result = {"metrics": metrics, "details": details, "tokenizer": Path(data_dir).resolve().name}
         made = Path(model_dir).parent / "result.json"  # the job that made this model: tokens it trained on
         trained = read_json(made).get("tokens") if made.exists() else None

@@ -152,11 +152,14 @@ def sparse_groups():
     return groups
 
 
-def size_priority(size):
+def size_priority(size, teacher=False):
     """Scheduling priority of a size's jobs: its place in run.sizes (listed small to large), so the
     largest size's chain (teacher, sparsify, quantize, finetune, evaluate), the longest, starts first
-    and the smaller sizes fill the other cores."""
-    return CFG["run"]["sizes"].index(size) if size in CFG["run"]["sizes"] else 0
+    and the smaller sizes fill the other cores. Teachers go before every other job (above downstream
+    and tasks, len(run.sizes)): each gates its size's whole chain, and a small size's teacher left to
+    the end would leave that chain to run alone on one core while the others idle."""
+    rank = CFG["run"]["sizes"].index(size) if size in CFG["run"]["sizes"] else 0
+    return rank + (len(CFG["run"]["sizes"]) + 1 if teacher else 0)
 
 
 def gpus(size, training=False, processes=1):

@@ -13,7 +13,7 @@ rule teacher:
     benchmark:
         L.benchmarks / "teacher/{size}.tsv"
     threads: CFG["threads"] * CFG["teacher"]["processes"]
-    priority: lambda w: size_priority(w.size)
+    priority: lambda w: size_priority(w.size, teacher=True)
     resources:
         **job_resources("teacher", lambda w: w.size, lambda w: "pretrained" not in CFG["models"][w.size], lambda w: 0),
     conda:
