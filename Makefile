@@ -13,13 +13,13 @@ export TOKENIZERS_PARALLELISM := false
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-# torch first, pinned: otherwise lm-eval/accelerate pull a multi-GB CUDA build. --no-compile: Python
-# writes the bytecode of the modules a job imports when it first imports them, instead of pip
-# compiling every module of every package (~75 s of the install on 2 cores).
+# torch first, pinned: otherwise lm-eval/accelerate pull a multi-GB CUDA build. (pip compiles the
+# bytecode at install: with PYTHONDONTWRITEBYTECODE set, as on this project's machines, --no-compile
+# made every job compile its imports from source, twice as slow.)
 $(VENV)/.installed: pyproject.toml $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q --no-compile torch==2.13.0
-	$(BIN)/pip install -q --no-compile -e ".[test]"
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,7 +32,7 @@ reproduce: install
 test: install
 	$(BIN)/ruff check cast tests benchmarks
 	$(BIN)/snakemake --lint --snakefile Snakefile --configfile config/test.yaml
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile tests
 
 bench: install
 	$(BIN)/python benchmarks/bench_adams.py

@@ -95,7 +95,10 @@ def test_ablation_overlay_dry_run_from_the_repository_root(repo_clone):
         {"sparsify_m_cast_gradv", "sparsify_m_cast_noscale", "sparsify_m_cast_nokd", "sparsify_m_cast_srste"}
     default = run(line.replace(" config/ablations.yaml", ""), repo_clone, timeout=300)
     assert default.returncode == 0, default.stderr[-2000:]
-    assert sum(counts.values()) - sum(job_counts(default.stdout).values()) == 3
+    base = job_counts(default.stdout)
+    # three ablation trainings, and the teacher's variants: two quantized, one fine-tuned
+    assert sum(counts.values()) - sum(base.values()) == 6
+    assert (counts["quantize"] - base["quantize"], counts["finetune"] - base["finetune"]) == (2, 1)
     check = run("cast validate --config config/config.yaml --config config/ablations.yaml", repo_clone, timeout=120)
     assert check.returncode == 0 and "cast_srste:" in check.stdout, check.stderr[-2000:]
 
