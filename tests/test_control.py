@@ -149,6 +149,10 @@ def test_held_out_domains_are_scored_with_bits_per_byte(micro_data, micro_teache
     m = evaluate.evaluate_model(cfg, micro_teacher, data)["metrics"]
     assert m["ppl/bible_test/s64"] > 1 and 0 < m["bpb/bible_test/s64"] < 16 and "ppl/wiki_test/s64" in m
     assert res["documents"] == {"train": 27, "test": 3} and res["bytes"]["test"] > 1000
+    assert m["speed/forward_ms"] > 0  # evaluate.timing_runs: 5 by default ...
+    cfg["evaluate"].update(timing_runs=0, domains={})
+    off = evaluate.evaluate_model(cfg, micro_teacher, data)["metrics"]
+    assert "speed/forward_ms" not in off and off["ppl/wiki_test/s64"] == m["ppl/wiki_test/s64"]  # ... 0 skips only it
 
 
 GROUPED = {
