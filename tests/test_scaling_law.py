@@ -270,3 +270,27 @@ def test_a_dead_tracking_server_costs_tracking_never_results(store, tmp_path, mo
     (R / "s" / "cast" / "64k" / "eval.json").unlink()
     with pytest.raises(Exception, match="s/cast/64k"):
         load_points(cfg)
+
+
+def test_fit_job_waits_for_the_gap_laws_reference(micro_raw, tmp_path):
+    """The fit reads the reference method's evaluations (the gap law at equal tokens) back from
+    MLflow, so its job must wait for them: planned with `--until scaling_law` they are in the plan
+    (they were missing once, and a fit scheduled before the reference's evaluations failed)."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO, user_env
+
+    micro_raw["methods"]["dense_kd"] = {"algorithm": "dense_kd"}
+    micro_raw["run"].update(methods=["cast", "magnitude", "dense_kd"], sweep_methods=["cast", "dense_kd"])
+    micro_raw["scaling_law"] = {"method": "cast", "reference": "dense_kd"}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(micro_raw))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--until",
+                           "scaling_law", "--configfile", str(tmp_path / "cfg.yaml"), "--directory", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, env=user_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    planned = set(re.findall(r"wildcards: size=(\w+), method=(\w+), run=(\w+)", proc.stdout))
+    for size in micro_raw["run"]["sizes"]:
+        assert {(size, "dense_kd", "16k"), (size, "cast", "16k")} <= planned, planned
+    assert not any(m == "magnitude" for _, m, _ in planned)  # only what the fit reads

@@ -253,9 +253,10 @@ def zeroshot_args(w):
 
 
 def scaling_law_inputs():
-    """eval.json of every teacher and of every grid point of the swept method (sizes x budgets)."""
-    method = CFG["scaling_law"]["method"]
-    return [L.eval(p) for p in model_prefixes() if p.method in ("dense", method)]
+    """eval.json of every teacher and of every grid point of the swept method and of the gap law's
+    reference method (sizes x budgets; the fit reads them back from MLflow)."""
+    laws = {CFG["scaling_law"]["method"], CFG["scaling_law"]["reference"]}
+    return [L.eval(p) for p in model_prefixes() if p.method == "dense" or p.method in laws]
 
 
 def size_prefixes(size):
