@@ -35,10 +35,9 @@ def micro_cfg(micro_raw) -> dict:
     return resolve_config(micro_raw)
 
 
-# `make test` runs three pytest-xdist workers on the two cores, one test file each at a time (--dist
-# loadfile): the files with the longest runs go first so that the rest fill the other workers
-# meanwhile, and a worker waiting on a subprocess (a scheduler poll, a rendezvous, a job's imports
-# on the other core) leaves its core to a third.
+# `make test` runs two pytest-xdist workers, one test file each at a time (--dist loadfile): the files
+# with the longest runs go first so that the rest fill the other worker meanwhile. (Three workers on
+# the two cores were slower: 816 s against 660 s, more CPU lost to contention.)
 FIRST = ("test_pipeline.py", "test_readme.py", "test_slurm.py", "test_fsdp.py", "test_resume.py", "test_ddp.py",
          "test_faults.py")
 
