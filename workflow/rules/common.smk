@@ -252,6 +252,12 @@ def zeroshot_args(w):
     return f"--tasks-dir {L.tasks}" if ZS_LOCAL else ""
 
 
+def tasks_input(prefixes):
+    """The local zero-shot tasks folder, for a job evaluating a folder that gets zero-shot: only then
+    (a job whose folders get perplexity only keeps its inputs when zero-shot is switched on)."""
+    return [L.tasks] if ZS_LOCAL and any(zeroshot_wanted(CFG, p) for p in prefixes) else []
+
+
 def scaling_law_inputs():
     """eval.json of every teacher and of every grid point of the swept method and of the gap law's
     reference method (sizes x budgets; the fit reads them back from MLflow)."""

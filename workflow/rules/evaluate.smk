@@ -9,7 +9,7 @@ if CFG["evaluate"]["group"] == "model":
             data=data_of_prefix,
             domains=domains_of_prefix,
             model=L.model("{prefix}"),
-            tasks=[L.tasks] if ZS_LOCAL else [],
+            tasks=lambda w: tasks_input([w.prefix]),
         output:
             L.eval("{prefix}"),
         params:
@@ -43,13 +43,13 @@ else:
                     data=data_of(_size),
                     domains=domains_of(_size),
                     models=[L.model(p) for p in _shard],
-                    tasks=[L.tasks] if ZS_LOCAL else [],
+                    tasks=tasks_input(_shard),
                 output:
                     [L.eval(p) for p in _shard],
                 params:
                     cast=launcher(1),
                     prefixes=" ".join(map(str, _shard)),
-                    tasks=f"--tasks-dir {L.tasks}" if ZS_LOCAL else "",
+                    tasks=f"--tasks-dir {L.tasks}" if tasks_input(_shard) else "",
                     fingerprint=[fingerprint(CFG, "evaluate", prefix=str(p)) for p in _shard],
                 log:
                     L.logs / f"evaluate/{_size}_{_k}.log",
