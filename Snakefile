@@ -23,8 +23,17 @@ include: "workflow/rules/tables.smk"
 include: "workflow/rules/report.smk"
 
 
+onstart:
+    start_job_server()
+
+
 onsuccess:
+    stop_job_server()
     print(where_to_look(CFG), flush=True)
+
+
+onerror:
+    stop_job_server()
 
 
 rule all:

@@ -191,5 +191,8 @@ def init(cfg, args, _tracker) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # a pipeline job: run by the job server when Snakemake started one
+    from .jobserver import forward
+
+    code = forward(sys.argv[1:])
+    sys.exit(main() if code is None else code)

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # the repo root holds the cast package
+from cast import jobserver
 from cast import methods as registry
 from cast import tokenizers
 from cast.config import ConfigError, config_hash, merge_configs, method_sizes, read_yaml, resolve_config
@@ -287,6 +288,20 @@ def eval_shards(size):
 def variant_prefixes():
     """Fine-tuned and quantized model folders."""
     return finetune_prefixes() + [b.quantized(s) for b in quant_bases() for s in QUANT["schemes"]]
+
+_JOB_SERVER = []
+
+
+def start_job_server():
+    """Snakemake running the jobs here (not a cluster executor, not a job step): one process imports
+    torch, transformers and MLflow once and forks each job (cast.jobserver; CAST_JOB_SERVER=off: none)."""
+    if workflow.local_exec and workflow.is_main_process and len(workflow.dag) > 1:
+        _JOB_SERVER.append(jobserver.start(CFG["threads"], L.logs / "jobserver.log"))
+
+
+def stop_job_server():
+    while _JOB_SERVER:
+        jobserver.stop(_JOB_SERVER.pop())
 
 
 def table_prefixes():
