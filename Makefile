@@ -32,7 +32,7 @@ reproduce: install
 test: install
 	$(BIN)/ruff check cast tests benchmarks
 	$(BIN)/snakemake --lint --snakefile Snakefile --configfile config/test.yaml
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 bench: install
 	$(BIN)/python benchmarks/bench_adams.py

@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import pkgutil
 import signal
 import socket
 import struct
@@ -35,9 +36,12 @@ ENV = "CAST_JOB_SERVER"
 # Set by a shell or by Snakemake per job, and read by nothing at import time (tempfile's cached
 # directory is reset in the child).
 MAY_DIFFER = frozenset({ENV, "_", "PWD", "OLDPWD", "SHLVL", "PS1", "TMP", "TEMP", "TMPDIR", "TEMPDIR"})
-# What a stage imports before its own work (the stage modules themselves, listed in cast.stages).
-PRELOAD = ("torch", "transformers", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
-           "transformers.models.llama.modeling_llama")
+# Imported once by the server: what the stages import before their own work (the cast package's
+# modules are added by walking it), so that a forked job imports almost nothing.
+PRELOAD = ("torch", "transformers", "transformers.models.llama.modeling_llama",
+           "transformers.models.auto.tokenization_auto", "tokenizers", "mlflow",
+           "mlflow.store.tracking.sqlalchemy_store", "sqlalchemy.dialects.sqlite", "jsonschema", "datasets",
+           "gensim.corpora.wikicorpus", "scipy.optimize", "pandas", "lm_eval", "matplotlib")
 THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")  # what Snakemake sets to a job's threads
 _LEN = struct.Struct("!I")
@@ -142,9 +146,8 @@ def serve(path: str, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the jobs (same process group); they end, Snakemake stops us
     env = dict(os.environ)  # before the imports: some set variables of their own (torch, MLflow)
     from . import cli  # noqa: F401 - installs cast.quiet's filters before torch loads
-    from .stages import STAGES
 
-    for name in (*PRELOAD, *sorted({s.entry.partition(":")[0] for s in STAGES.values()})):
+    for name in (*PRELOAD, *(m.name for m in pkgutil.walk_packages([_package()], "cast."))):
         import_module(name)
     added = {k: v for k, v in os.environ.items() if k not in env}
     print(f"cast job server: {path} ready (pid {owner})", flush=True)

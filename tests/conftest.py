@@ -35,11 +35,13 @@ def micro_cfg(micro_raw) -> dict:
     return resolve_config(micro_raw)
 
 
-# `make test` runs two pytest-xdist workers, one test file each at a time (--dist loadfile): the files
-# with the longest runs go first so that the rest fill the other worker meanwhile. (Three workers on
-# the two cores were slower: 816 s against 660 s, more CPU lost to contention.)
-FIRST = ("test_pipeline.py", "test_readme.py", "test_slurm.py", "test_fsdp.py", "test_resume.py", "test_ddp.py",
-         "test_faults.py")
+# `make test` runs two pytest-xdist workers, one test file each at a time (--dist loadfile), in this
+# order (--no-loadscope-reorder: xdist would otherwise start with the files holding the most tests,
+# and these few long ones came last): the longest end-to-end files first, so that the rest fill the
+# other worker meanwhile. (Three workers on the two cores were slower: 816 s against 660 s, more CPU
+# lost to contention.)
+FIRST = ("test_pipeline.py", "test_slurm.py", "test_readme.py", "test_fsdp.py", "test_resume.py", "test_faults.py",
+         "test_ddp.py", "test_jobserver.py", "test_plan.py")
 
 
 def pytest_collection_modifyitems(items):
