@@ -111,3 +111,9 @@ def test_a_signalled_job_process_ends_its_job(server, tmp_path, micro_data, micr
     assert proc.wait(timeout=30) == (128 + signal.SIGTERM if sig == signal.SIGTERM else -signal.SIGKILL)
     assert _gone(pid, within=30), f"job {pid} still running after its process got {sig.name}"
     assert not (out / "result.json").exists()
+
+
+def test_off_starts_no_server_and_jobs_run_in_their_own_process(tmp_path, monkeypatch):
+    monkeypatch.setenv(jobserver.ENV, "off")
+    assert jobserver.start(1, tmp_path / "jobserver.log") is None and not (tmp_path / "jobserver.log").exists()
+    assert jobserver.forward(["validate"]) is None

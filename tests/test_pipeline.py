@@ -135,6 +135,11 @@ def test_mlflow_has_one_run_per_job_with_tags(e2e):
     ids = {r.info.run_id for r in runs}
     for f in R.rglob("result.json"):  # every result JSON names its run
         assert json.loads(f.read_text())["run_id"] in ids
+    # every job ran in a child of the job server (cast.jobserver), none in a process of its own
+    served = (R / "logs" / "jobserver.log").read_text()
+    jobs = len([line for line in served.splitlines() if " runs `cast " in line])
+    assert jobs == 1 + sum(len(v) for k, v in by_stage.items() if k not in ("sparsify", "evaluate")) + 2 * n, served
+    assert "in its own process" not in served
 
 
 @pytest.mark.slow

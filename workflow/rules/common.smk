@@ -296,7 +296,7 @@ def start_job_server():
     """Snakemake running the jobs here (not a cluster executor, not a job step): one process imports
     torch, transformers and MLflow once and forks each job (cast.jobserver; CAST_JOB_SERVER=off: none)."""
     if workflow.local_exec and workflow.is_main_process and len(workflow.dag) > 1:
-        _JOB_SERVER.append(jobserver.start(CFG["threads"], L.logs / "jobserver.log"))
+        _JOB_SERVER.extend(filter(None, [jobserver.start(CFG["threads"], L.logs / "jobserver.log")]))
 
 
 def stop_job_server():
