@@ -77,3 +77,10 @@ def test_export_reloads_with_identical_logits(tmp_path, llama_factory):
         load_model(str(tmp_path / "m"))
     with pytest.raises(InputError, match="model directory not found"):
         load_model(str(tmp_path / "missing"))
+
+
+def test_wiki_articles_limit_is_the_first_documents_of_the_whole_parse():
+    from cast.data import wiki_articles
+
+    whole = wiki_articles(200)
+    assert len(whole) > 40 and wiki_articles(200, 40) == whole[:40]

@@ -22,7 +22,7 @@ TARGETS = [r"\.(c_attn|c_proj|c_fc|q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj
 def ckpts(tmp_path_factory):
     from cast.data import wiki_articles
 
-    texts = [d["text"] for d in wiki_articles(200)[:12]]
+    texts = [d["text"] for d in wiki_articles(200, 12)]
     return build(tmp_path_factory.mktemp("ckpts"), texts)
 
 

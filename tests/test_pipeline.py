@@ -50,7 +50,7 @@ def e2e(repo_clone, tmp_path_factory):
     from cast.data import wiki_articles
 
     root = tmp_path_factory.mktemp("e2e")
-    ckpts = build(root / "ckpts", [d["text"] for d in wiki_articles(200)[:12]])
+    ckpts = build(root / "ckpts", [d["text"] for d in wiki_articles(200, 12)])
     cfg = config(ckpts, repo_clone / "results-e2e")
     (repo_clone / "e2e.yaml").write_text(yaml.safe_dump(cfg))
     t0 = time.time()

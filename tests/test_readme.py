@@ -58,7 +58,7 @@ def test_your_own_model_section_end_to_end(repo_clone, tmp_path):
     with save_pretrained, a plain-text corpus), then its three commands as written."""
     from cast.data import wiki_articles
 
-    texts = [d["text"] for d in wiki_articles(200)[:40]]
+    texts = [d["text"] for d in wiki_articles(200, 40)]
     ckpt = build(tmp_path, texts[:10], archs=("llama",))["llama"]
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(texts))
