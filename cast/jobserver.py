@@ -3,7 +3,7 @@
 Every job is a fresh `python -m cast.cli STAGE ...` that imports torch, transformers and MLflow
 before it does anything: ~7 s of CPU a job on a 2-core machine, most of a small job. When Snakemake
 runs the jobs itself (local execution, not a dry run), the Snakefile starts one server
-(`python -m cast.jobserver SOCKET`) that imports them once. A job's process then hands the server
+(`python -m cast.jobserver SOCKET SNAKEMAKE_PID`) that imports them once. A job's process then hands the server
 its arguments, working directory, environment and stdin/stdout/stderr (SCM_RIGHTS), and the server
 forks a child that runs exactly that command (cast.cli.main) with them; the job's process waits for
 the child's exit status and returns it. It stays the process Snakemake watches: SIGINT, SIGTERM and
@@ -25,6 +25,7 @@ import pkgutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -95,6 +96,10 @@ def _refusal(request: dict, env: dict) -> str | None:
         return f"another copy of cast ({request['package']})"
     diff = sorted(k for k in set(env) | set(request["env"]) if k not in MAY_DIFFER and env.get(k) != request["env"].get(k))
     return f"environment differs in {', '.join(diff)}" if diff else None
+
+
+def _stage(request: dict) -> str:
+    return request["argv"][0] if request["argv"] else ""
 
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
@@ -172,7 +177,7 @@ def serve(path: str, parent: int) -> None:
             continue
         why = _refusal(request, env)
         if why:
-            print(f"cast job server: `cast {request['argv'][0] if request['argv'] else ''}` runs in its own process: {why}", flush=True)
+            print(f"cast job server: `cast {_stage(request)}` runs in its own process: {why}", flush=True)
             conn.sendall(b"refused\n")
             for fd in fds:
                 os.close(fd)
@@ -187,7 +192,7 @@ def serve(path: str, parent: int) -> None:
             os.close(fd)
         children[pid] = conn
         conn.sendall(f"pid {pid}\n".encode())
-        print(f"cast job server: pid {pid} runs `cast {request['argv'][0] if request['argv'] else ''}`", flush=True)
+        print(f"cast job server: pid {pid} runs `cast {_stage(request)}`", flush=True)
     listener.close()  # no new jobs; those running are still reported to their processes
     os.unlink(path)
     while children:
@@ -213,8 +218,6 @@ def _reap(children: dict[int, socket.socket]) -> None:
 def start(threads: int, log: Path) -> tuple[str, object] | None:
     """From Snakemake's process (onstart): a server for its local jobs; its socket path and process.
     Its environment is a job's: Snakemake sets THREAD_VARS to the job's threads (`threads: threads`)."""
-    import subprocess
-
     if os.environ.get(ENV) == "off":
         return None
     path = os.path.join(tempfile.mkdtemp(prefix="cast-jobs-"), "socket")
@@ -230,8 +233,6 @@ def start(threads: int, log: Path) -> tuple[str, object] | None:
 def stop(server) -> None:
     """From Snakemake's process (onsuccess/onerror): no new jobs; the server exits once the jobs it
     runs have ended."""
-    import subprocess
-
     path, proc = server
     os.environ.pop(ENV, None)
     proc.terminate()

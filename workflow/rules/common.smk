@@ -289,6 +289,7 @@ def variant_prefixes():
     """Fine-tuned and quantized model folders."""
     return finetune_prefixes() + [b.quantized(s) for b in quant_bases() for s in QUANT["schemes"]]
 
+
 _JOB_SERVER = []
 
 
