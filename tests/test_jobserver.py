@@ -117,3 +117,29 @@ def test_off_starts_no_server_and_jobs_run_in_their_own_process(tmp_path, monkey
     monkeypatch.setenv(jobserver.ENV, "off")
     assert jobserver.start(1, tmp_path / "jobserver.log") is None and not (tmp_path / "jobserver.log").exists()
     assert jobserver.forward(["validate"]) is None
+
+
+EXITS = {  # a job's last act -> how its process ends
+    "returns 3": "return 3",
+    "raises a bug": "raise RuntimeError('a bug')",
+    "exits with a message": "sys.exit('cast: stopped')",
+    "is interrupted": "raise KeyboardInterrupt",
+    "leaves a thread and an atexit handler": "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start(); "
+                                             "atexit.register(print, 'atexit ran'); print('buffered', end='')",
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXITS))
+def test_a_forked_job_exits_as_python_would(tmp_path, case):
+    """A child of the server skips the interpreter's teardown (cast.jobserver._run_and_exit) but ends
+    as `sys.exit(run())` ends: same status, same output, threads joined, atexit handlers run."""
+    body = f"import atexit, sys, threading, time\ndef run():\n    {EXITS[case]}\n"
+    results = []
+    for last in ("sys.exit(run())", "from cast.jobserver import _run_and_exit; _run_and_exit(run)"):
+        script = tmp_path / "job.py"
+        script.write_text(body + last + "\n")
+        p = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=60)
+        results.append((p.returncode, p.stdout, p.stderr[p.stderr.find('", line 3, in run'):]))  # from the job's frame on
+    assert results[0] == results[1]
+    assert results[0][0] == {"returns 3": 3, "is interrupted": -signal.SIGINT}.get(case, 0 if "thread" in case else 1)
+    assert "thread" not in case or results[0][1] == "bufferedthread done\natexit ran\n"
