@@ -192,7 +192,9 @@ def init(cfg, args, _tracker) -> int:
 
 
 if __name__ == "__main__":  # a pipeline job: run by the job server when Snakemake started one
-    from .jobserver import forward
+    from .jobserver import forward, run_and_exit
 
     code = forward(sys.argv[1:])
-    sys.exit(main() if code is None else code)
+    if code is not None:
+        sys.exit(code)
+    run_and_exit(main)

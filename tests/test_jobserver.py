@@ -131,11 +131,11 @@ EXITS = {  # a job's last act -> how its process ends
 
 @pytest.mark.parametrize("case", sorted(EXITS))
 def test_a_forked_job_exits_as_python_would(tmp_path, case):
-    """A child of the server skips the interpreter's teardown (cast.jobserver._run_and_exit) but ends
+    """A `cast` job skips the interpreter's teardown (cast.jobserver.run_and_exit) but ends
     as `sys.exit(run())` ends: same status, same output, threads joined, atexit handlers run."""
     body = f"import atexit, sys, threading, time\ndef run():\n    {EXITS[case]}\n"
     results = []
-    for last in ("sys.exit(run())", "from cast.jobserver import _run_and_exit; _run_and_exit(run)"):
+    for last in ("sys.exit(run())", "from cast.jobserver import run_and_exit; run_and_exit(run)"):
         script = tmp_path / "job.py"
         script.write_text(body + last + "\n")
         p = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=60)
