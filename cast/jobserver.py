@@ -8,6 +8,8 @@ its arguments, working directory, environment and stdin/stdout/stderr (SCM_RIGHT
 forks a child that runs exactly that command (cast.cli.main) with them; the job's process waits for
 the child's exit status and returns it. It stays the process Snakemake watches: SIGINT, SIGTERM and
 SIGHUP are forwarded to the child, and the child ends itself when the job's process is gone (SIGKILL).
+The child exits without the interpreter's teardown (run_and_exit), which would touch, and so copy,
+most of the server's memory.
 
 A job runs in its own process, as without a server, whenever the server cannot give it the same
 run: CAST_JOB_SERVER unset or empty (remote executors, `cast` typed by hand), the socket not there
