@@ -119,27 +119,36 @@ def test_off_starts_no_server_and_jobs_run_in_their_own_process(tmp_path, monkey
     assert jobserver.forward(["validate"]) is None
 
 
-EXITS = {  # a job's last act -> how its process ends
-    "returns 3": "return 3",
-    "raises a bug": "raise RuntimeError('a bug')",
-    "exits with a message": "sys.exit('cast: stopped')",
-    "is interrupted": "raise KeyboardInterrupt",
-    "leaves a thread and an atexit handler": "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start(); "
-                                             "atexit.register(print, 'atexit ran'); print('buffered', end='')",
+EXITS = {  # a job's last act -> (its process's exit status, its stdout)
+    "returns 3": ("return 3", 3, ""),
+    "raises a bug": ("raise RuntimeError('a bug')", 1, ""),
+    "exits with a message": ("sys.exit('cast: stopped')", 1, ""),
+    "is interrupted": ("raise KeyboardInterrupt", -signal.SIGINT, ""),
+    "leaves a thread and an atexit handler": (
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start(); "
+        "atexit.register(print, 'atexit ran'); print('buffered', end='')", 0, "bufferedthread done\natexit ran\n"),
 }
+
+
+def _from_the_jobs_frame(stderr: str) -> str:
+    """A traceback from the job's own frame on (the frames above it differ), else all of stderr."""
+    at = stderr.find('", line 3, in run')
+    return stderr if at < 0 else stderr[at:]
 
 
 @pytest.mark.parametrize("case", sorted(EXITS))
 def test_a_forked_job_exits_as_python_would(tmp_path, case):
     """A `cast` job skips the interpreter's teardown (cast.jobserver.run_and_exit) but ends
     as `sys.exit(run())` ends: same status, same output, threads joined, atexit handlers run."""
-    body = f"import atexit, sys, threading, time\ndef run():\n    {EXITS[case]}\n"
+    act, status, stdout = EXITS[case]
+    body = f"import atexit, sys, threading, time\ndef run():\n    {act}\n"
     results = []
     for last in ("sys.exit(run())", "from cast.jobserver import run_and_exit; run_and_exit(run)"):
         script = tmp_path / "job.py"
         script.write_text(body + last + "\n")
         p = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=60)
-        results.append((p.returncode, p.stdout, p.stderr[p.stderr.find('", line 3, in run'):]))  # from the job's frame on
+        results.append((p.returncode, p.stdout, _from_the_jobs_frame(p.stderr)))
     assert results[0] == results[1]
-    assert results[0][0] == {"returns 3": 3, "is interrupted": -signal.SIGINT}.get(case, 0 if "thread" in case else 1)
-    assert "thread" not in case or results[0][1] == "bufferedthread done\natexit ran\n"
+    assert results[0][:2] == (status, stdout)
+    assert ("Error: a bug" in results[0][2]) == (case == "raises a bug")
+    assert (results[0][2] == "cast: stopped\n") == (case == "exits with a message")
